@@ -116,7 +116,7 @@ def reliability_diagram(probs: Any, labels: Any, n_bins: int = 15, ax: Axes | No
            ylabel="accuracy (fraction correct)")
     bins_text = f"{n_bins} bin{'' if n_bins == 1 else 's'}"  # the bin count is on every plot (§9)
     ax.set_title(f"{label}, {bins_text}" if label else f"reliability diagram, {bins_text}")
-    ax.legend(loc="upper left", fontsize="small")
+    ax.legend(loc="best", fontsize="small", framealpha=0.85)  # under- or overconfident: it varies
     return ax
 
 

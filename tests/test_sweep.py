@@ -75,10 +75,18 @@ def fake_launch(monkeypatch):
     """Replace the subprocess launcher: record the device, write a row, fail where seed == 99."""
     calls: list[tuple[str, str]] = []
     lock = threading.Lock()
+    first_three = threading.Barrier(3, timeout=10)  # a fast fake run must not let one worker
+    # take every job: the first three launches wait for each other, so they come from 3 workers
 
     def launch(cfg, out_dir, device, threads, timeout_s):
         with lock:
             calls.append((run_id(cfg), device))
+            n_calls = len(calls)
+        if n_calls <= 3:
+            try:
+                first_three.wait()
+            except threading.BrokenBarrierError:  # fewer than three workers in this test
+                pass
         if cfg.seed == 99:
             return "failed", "Traceback (most recent call last):\nValueError: boom at seed 99"
         row = {"run_id": run_id(cfg), "status": "ok", "method": cfg.method, "density": cfg.density,
