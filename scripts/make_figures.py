@@ -7,6 +7,8 @@ One small PNG per notebook, each written atomically by ``ssvi_lite.plots.save_fi
     03_score_plane.png    removal scores magnitude and snr_abs on (μ, σ)   (03_snr_removal)
     04_swap_schedule.png  swap fraction ζ(t) and the churn of SSVI        (04_gradient_addition)
     05_reliability.png    reliability diagrams of MAP, VI, SSVI@0.1       (05_calibration)
+    06_zoo.png            accuracy vs density and vs training FLOPs        (06_sparse_bnn_zoo)
+                          from the committed results/compare/results.csv (no training)
 
 Usage: ``python scripts/make_figures.py [--out DIR] [--fast] [--only 01 05]``. The full run trains
 a few short models on the embedded MNIST subset (about a minute on two CPU cores); ``--fast``
@@ -33,6 +35,7 @@ from ssvi_lite import criteria, plots  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "docs" / "figures"
+COMPARE_TABLE = ROOT / "results" / "compare" / "results.csv"
 N_BINS = 15
 
 
@@ -157,9 +160,22 @@ def fig_05_reliability(out: Path, fast: bool = False) -> Path:
     return _save(fig, out / "05_reliability.png")
 
 
+def fig_06_zoo(out: Path, fast: bool = False) -> Path:
+    """Every method's test accuracy against density and training FLOPs, from the committed table."""
+    table = pd.read_csv(COMPARE_TABLE)  # written by `python -m ssvi_lite compare` (see the README)
+    table = table[table["status"] == "ok"] if "status" in table.columns else table
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 3.6))
+    plots.plot_metric_vs_density(table, "accuracy", hue="method", ax=axes[0])
+    plots.plot_metric_vs_flops(table, "accuracy", hue="method", ax=axes[1])
+    axes[0].legend(fontsize="x-small", ncol=2)
+    axes[1].get_legend().remove()
+    fig.tight_layout()
+    return _save(fig, out / "06_zoo.png")
+
+
 FIGURES: dict[str, Callable[[Path, bool], Path]] = {
     "01": fig_01_entropy_map, "02": fig_02_masks, "03": fig_03_score_plane,
-    "04": fig_04_swap_schedule, "05": fig_05_reliability,
+    "04": fig_04_swap_schedule, "05": fig_05_reliability, "06": fig_06_zoo,
 }
 
 

@@ -49,7 +49,7 @@ def fast_figures(make_figures, tmp_path_factory) -> tuple[Path, list[Path]]:
 def test_fast_mode_writes_one_valid_png_per_notebook(make_figures, fast_figures) -> None:
     out, written = fast_figures
     assert [p.name for p in written] == ["01_entropy_map.png", "02_masks.png", "03_score_plane.png",
-                                         "04_swap_schedule.png", "05_reliability.png"]
+                                         "04_swap_schedule.png", "05_reliability.png", "06_zoo.png"]
     for path in written:
         width, height = _png_size(path)
         assert 300 <= width <= 2000 and 200 <= height <= 1200, (path.name, width, height)
@@ -64,7 +64,7 @@ def test_fast_mode_writes_one_valid_png_per_notebook(make_figures, fast_figures)
 def test_only_selects_figures_and_unknown_names_fail(make_figures, tmp_path) -> None:
     written = make_figures.make_figures(tmp_path, fast=True, only=["03"])
     assert [p.name for p in written] == ["03_score_plane.png"]
-    with pytest.raises(ValueError, match=r"unknown figure\(s\) \['99'\].*01, 02, 03, 04, 05"):
+    with pytest.raises(ValueError, match=r"unknown figure\(s\) \['99'\].*01, 02, 03, 04, 05, 06"):
         make_figures.make_figures(tmp_path, fast=True, only=["99"])
     with pytest.raises(SystemExit):
         make_figures.main(["--only", "99", "--out", str(tmp_path)])
@@ -73,7 +73,7 @@ def test_only_selects_figures_and_unknown_names_fail(make_figures, tmp_path) -> 
 def test_committed_readme_figures_are_small_pngs(make_figures) -> None:
     folder = ROOT / "docs" / "figures"
     names = ["01_entropy_map.png", "02_masks.png", "03_score_plane.png", "04_swap_schedule.png",
-             "05_reliability.png"]
+             "05_reliability.png", "06_zoo.png"]
     missing = [n for n in names if not (folder / n).is_file()]
     assert not missing, f"run `make figures` to regenerate {missing}"
     for name in names:
