@@ -3,7 +3,7 @@
 #   make test   every test and every notebook (nbval)
 #   make lab    JupyterLab on the notebooks
 # TORCH is the torch requirement installed first, so that pip never swaps in another build
-# (e.g. TORCH='torch>=2.2,<2.14' or a CUDA build of your choice); the default is the CPU-friendly pin.
+# (e.g. TORCH='torch>=2.4,<2.14' or a CUDA build of your choice); the default is the CPU-friendly pin.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0

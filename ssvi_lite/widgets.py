@@ -82,7 +82,7 @@ def prune_copy(model: nn.Module, density: float, removal: str) -> nn.Module:
 
     k_l = n_l − round((1 − density)·n_l) per layer (method.md §4–6), via
     ``methods.posthoc.prune_to_density``; ``model`` itself is left untouched, so the explorer can
-    move the slider up again. No retraining. Notebook 03_snr_removal.
+    move the slider up again. No retraining.
     """
     pruned = copy.deepcopy(model)
     prune_to_density(pruned, density, removal)
@@ -97,7 +97,7 @@ def pruning_explorer(model: nn.Module, data: DataSplits, criteria: Sequence[str]
     Each change prunes a copy of ``model`` (:func:`prune_copy`), predicts ``split`` ("val" or
     "test") with ``n_samples`` posterior draws and redraws accuracy, ECE (15 bins), the reliability
     diagram and the masks. ``w.state``: density (achieved), target_density, criterion, accuracy,
-    ece, nll, model (the pruned copy), figure, n_updates. Notebooks 01_dense_vi, 03_snr_removal.
+    ece, nll, model (the pruned copy), figure, n_updates. Notebook 05_calibration.
     """
     keys = _criteria_keys(criteria)
     validate_density(density)
@@ -146,7 +146,7 @@ def ssvi_trainer(data: DataSplits, base_cfg: TrainConfig) -> widgets.VBox:
     fresh model (seeded with ``base_cfg.seed``; tqdm bar in the widget), evaluates the test split
     with ``n_eval_samples`` draws and redraws the history curves and the reliability diagram.
     ``w.state``: density (achieved), target_density, removal, accuracy, ece, nll, history, model,
-    figure, n_runs, runs (one dict per click). Notebook 04_gradient_addition.
+    figure, n_runs, runs (one dict per click). Notebooks 01_dense_vi, 04_gradient_addition.
     """
     if not isinstance(base_cfg, TrainConfig):
         raise ValueError(  # noqa: TRY004 (the kit reports bad input as ValueError)
