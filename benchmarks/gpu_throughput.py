@@ -1,4 +1,4 @@
-"""Training throughput of the kit's own loop on CIFAR-shaped data: deterministic vs dense VI vs SSVI.
+"""Training throughput of the kit's own loop on CIFAR-shaped data: deterministic, dense VI, SSVI.
 
     python benchmarks/gpu_throughput.py                      # GPU, ResNet-18, batch 128
     python benchmarks/gpu_throughput.py --device cpu --tiny  # proves it runs anywhere (minutes → s)
