@@ -162,3 +162,11 @@ def test_run_end_to_end_on_mnist_subset() -> None:
     assert 0 < row["density"] < 1  # EM starts after cycle 1 (a third of the 2 epochs)
     assert row["accuracy"] > 0.3 and math.isfinite(row["nll"])  # 8 steps, 400 images: 0.56 here
     assert 0 < row["train_flops_ratio"] < 0.5  # one deterministic path vs dense VI's two
+    # the cost columns count what the predictive needs: K snapshots of the surviving weights
+    model, k = result.model, row["n_snapshots"]
+    kept = sum(int((layer.weight != 0).sum()) for layer in model.weight_layers())
+    biases = sum(layer.bias.numel() for layer in model.weight_layers())
+    bitmaps = sum(-(-model.alive(i).numel() // 8) for i in range(len(model.layer_names)))
+    assert row["model_size_bytes"] == 4 * k * (kept + biases) + bitmaps
+    macs = sum(int((layer.weight != 0).sum()) for layer in model.weight_layers())  # an MLP
+    assert row["inference_flops_per_example"] == k * 2 * macs

@@ -246,3 +246,5 @@ def test_experiment_run_end_to_end() -> None:
     assert row["accuracy"] > 0.5 and math.isfinite(row["nll"])
     assert row["n_gaussians"] > 1 and row["storage_saving"] > 0.5
     assert row["param_ratio_mean_field"] > 10
+    biases = 4 * sum(b for b in cfg.hidden) + 4 * 10  # float32 biases of the MLP's layers
+    assert row["model_size_bytes"] == row["bytes_stored"] + biases  # 16-bit codes included

@@ -57,7 +57,7 @@ from torch.func import functional_call
 
 from .. import metrics
 from ..config import TrainConfig
-from ..costs import forward_flops, layer_costs
+from ..costs import BYTES_PER_FLOAT, forward_flops, layer_costs
 from ..data import DataSplits, iterate_batches
 from ..models import build_model
 from ..train import resolve_device
@@ -253,7 +253,9 @@ def build(cfg: TrainConfig, data: DataSplits, generator: torch.Generator) -> nn.
     """The deterministic ``cfg.model`` (Kaiming init) wrapped with EM-MCMC's group state."""
     opts = options(cfg)
     net = build_model(cfg.replace(method="map"), data.input_shape, data.n_classes, generator)
-    return EMMCMCNet(net, opts)
+    model = EMMCMCNet(net, opts)
+    model.input_shape = tuple(data.input_shape)  # for the costs in report()
+    return model
 
 
 def _active_costs(model: EMMCMCNet, input_shape: tuple[int, ...]) -> list:
@@ -375,8 +377,23 @@ def _density(model: EMMCMCNet) -> float:
 
 def report(model: nn.Module) -> dict[str, float | int]:
     """Density reached (nonzero weights / all, final net), surviving input units (columns, or
-    input channels for conv) and groups pruned per layer, number of snapshots."""
+    input channels for conv) and groups pruned per layer, number of snapshots.
+
+    The common cost columns are replaced by what the predictive really needs: K snapshots of the
+    surviving weights (plus biases/BN, float32) and a bitmap of the alive groups for
+    ``model_size_bytes``; K forward passes over the surviving weights for
+    ``inference_flops_per_example`` (K = number of snapshots, at least 1).
+    """
+    n_nets = max(1, len(model.snapshots))
     out: dict[str, float | int] = {"density": _density(model), "n_snapshots": len(model.snapshots)}
+    if hasattr(model, "input_shape"):
+        costs = _active_costs(model, model.input_shape)
+        weights = {id(layer.weight) for layer in model.weight_layers()}
+        others = sum(p.numel() for p in model.net.parameters() if id(p) not in weights)
+        bitmaps = sum(-(-model.alive(k).numel() // 8) for k in range(len(model.layer_names)))
+        kept = sum(c.n_active for c in costs) + others  # floats of one network
+        out["model_size_bytes"] = BYTES_PER_FLOAT * n_nets * kept + bitmaps
+        out["inference_flops_per_example"] = n_nets * forward_flops(costs, 1, bayesian=False)
     for k, name in enumerate(model.layer_names):
         alive = model.alive(k)
         units = alive if alive.dim() == 1 else alive.any(0)  # conv: input channels with a kernel
