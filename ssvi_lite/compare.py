@@ -42,7 +42,8 @@ def check_methods(methods: Sequence[str]) -> list[str]:
     methods = list(dict.fromkeys(methods))
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
-        raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}; "
+                         f"choose from {', '.join(METHODS)}")
     available = available_methods()
     missing = [m for m in methods if m not in available]
     if missing:
@@ -57,7 +58,8 @@ def compare_configs(base: TrainConfig, methods: Sequence[str], densities: Sequen
                     seeds: Sequence[int]) -> list[TrainConfig]:
     """The runs of a comparison: density-targeting methods × densities × seeds, the others × seeds.
 
-    >>> cfgs = compare_configs(make_config("kit"), ["vi", "ssvi"], [0.1, 0.05], [0, 1])  # doctest: +SKIP
+    >>> cfgs = compare_configs(make_config("kit"), ["vi", "ssvi"], [0.1, 0.05],
+    ...                        [0, 1])  # doctest: +SKIP
     >>> len(cfgs)   # vi: 2 seeds; ssvi: 2 densities × 2 seeds   # doctest: +SKIP
     6
     """

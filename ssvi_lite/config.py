@@ -124,7 +124,8 @@ def _positive(name: str, value: Any, *, integer: bool = False, zero_ok: bool = F
     ok = ok and (value >= 0 if zero_ok else value > 0)
     if not ok:
         what = "a non-negative" if zero_ok else "a positive"
-        raise ValueError(f"{name} must be {what} {'integer' if integer else 'number'}, got {value!r}")
+        raise ValueError(f"{name} must be {what} {'integer' if integer else 'number'}, "
+                         f"got {value!r}")
 
 
 def validate_density(density: Any) -> float:
@@ -167,7 +168,8 @@ def validate(cfg: TrainConfig) -> None:
     if not 0.0 <= cfg.val_fraction < 0.5:
         raise ValueError(f"val_fraction={cfg.val_fraction!r} must lie in [0, 0.5)")
     if cfg.method == "vi" and cfg.density != 1.0:
-        raise ValueError(f"method='vi' is dense VI and needs density=1, got density={cfg.density!r}")
+        raise ValueError(f"method='vi' is dense VI and needs density=1, "
+                         f"got density={cfg.density!r}")
     if cfg.device not in ("auto", "cpu") and not str(cfg.device).startswith("cuda"):
         raise ValueError(f"device={cfg.device!r} is not known; choose auto, cpu, cuda or cuda:N")
     if not all(h > 0 for h in cfg.hidden):

@@ -81,7 +81,8 @@ def folded_normal_mean(mu: Tensor, sigma: Tensor) -> Tensor:
 
 
 def _log_fold(z: Tensor, s: Tensor) -> Tensor:
-    """L(z, s) = log[Φ(z + s) + e^{−2sz}·Φ(s − z)], so that log g(λ) = s²/2 + λ·abs(μ) + L(z, λσ)."""
+    """L(z, s) = log[Φ(z + s) + e^{−2sz}·Φ(s − z)],
+    so that log g(λ) = s²/2 + λ·abs(μ) + L(z, λσ)."""
     return torch.logaddexp(torch.special.log_ndtr(z + s),
                            -2.0 * s * z + torch.special.log_ndtr(s - z))
 

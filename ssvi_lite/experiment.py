@@ -111,7 +111,8 @@ def run(cfg: TrainConfig, *, data: DataSplits | None = None, checkpoint: str | P
                             cfg.seed)
     costs = layer_costs(model, data.input_shape)
     dense_vi_flops = 3 * cfg.epochs * data.n_train * forward_flops(costs, 1, dense=True)
-    train_flops = float(history["train_flops"].iloc[-1]) if "train_flops" in history else float("nan")
+    train_flops = (float(history["train_flops"].iloc[-1]) if "train_flops" in history
+                   else float("nan"))
     row = {
         "method": cfg.method, "dataset": cfg.dataset, "model": cfg.model,
         "density": model_density(model), "target_density": cfg.density,

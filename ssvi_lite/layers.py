@@ -5,7 +5,8 @@ to a binary support: θ_i = 0 exactly where ``mask`` is False. Biases stay point
 
 Forward modes (one per layer, switched for a whole model by :func:`forward_mode`):
 - ``lrt``    local reparameterisation: mean = op(x, μ⊙m), var = op(x², σ²⊙m),
-             out = mean + sqrt(var + 1e-8)·ε with ε ~ N(0, I) of the output's shape (training default);
+             out = mean + sqrt(var + 1e-8)·ε with ε ~ N(0, I) of the output's shape
+             (training default);
 - ``sample`` one weight draw θ = (μ + σ·ε)⊙m shared by the whole batch;
 - ``mean``   θ = μ⊙m, deterministic (the "mean network").
 
@@ -72,7 +73,8 @@ class _MeanFieldLayer(nn.Module):
         """Σ over active weights of KL(N(μ_i, σ_i²) ‖ N(0, prior_sigma²))."""
         s2 = self.prior_sigma**2
         sigma = self.sigma
-        kl = math.log(self.prior_sigma) - torch.log(sigma) + (sigma**2 + self.mu**2) / (2 * s2) - 0.5
+        kl = (math.log(self.prior_sigma) - torch.log(sigma)
+              + (sigma**2 + self.mu**2) / (2 * s2) - 0.5)
         return torch.where(self.mask, kl, torch.zeros_like(kl)).sum()
 
     def _watch(self, weight: Tensor) -> Tensor:
@@ -95,7 +97,8 @@ class _MeanFieldLayer(nn.Module):
             return self._op(x, self._watch(theta), self.bias)
         if self.mode == "mean":
             return self._op(x, self._watch(self.mu * m), self.bias)
-        raise ValueError(f"mode={self.mode!r} is not known; choose one of {', '.join(FORWARD_MODES)}")
+        raise ValueError(f"mode={self.mode!r} is not known; "
+                         f"choose one of {', '.join(FORWARD_MODES)}")
 
     def _lrt_noise(self, like: Tensor) -> Tensor:
         """ε ~ N(0, I) shaped like the output; under data parallelism, this rank's rows of the
@@ -103,7 +106,8 @@ class _MeanFieldLayer(nn.Module):
         if self.batch_rows is None:
             return torch.randn_like(like)
         start, stop, total = self.batch_rows
-        return torch.randn((total, *like.shape[1:]), dtype=like.dtype, device=like.device)[start:stop]
+        return torch.randn((total, *like.shape[1:]), dtype=like.dtype,
+                           device=like.device)[start:stop]
 
     def _op(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         raise NotImplementedError
@@ -130,7 +134,8 @@ class MeanFieldLinear(_MeanFieldLayer):
 
 
 class MeanFieldConv2d(_MeanFieldLayer):
-    """Mean-field Gaussian ``nn.Conv2d``: ``mu``/``rho``/``mask`` of shape (out, in/groups, kh, kw)."""
+    """Mean-field Gaussian ``nn.Conv2d``: ``mu``/``rho``/``mask`` of shape
+    (out, in/groups, kh, kw)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
                  stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
@@ -156,7 +161,8 @@ MeanFieldLayer = _MeanFieldLayer  # public name for isinstance checks
 
 
 def mean_field_layers(model: nn.Module) -> list[tuple[str, _MeanFieldLayer]]:
-    """The (name, layer) pairs of every mean-field layer in ``model``, in forward-definition order."""
+    """The (name, layer) pairs of every mean-field layer in ``model``, in forward-definition
+    order."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, _MeanFieldLayer)]
 
 
@@ -193,7 +199,8 @@ def forward_mode(model: nn.Module, mode: str) -> Iterator[nn.Module]:
 
 def bayesianize(module: nn.Module, *, prior_sigma: float = 0.1, sigma_init: float = 1e-3,
                 sigma_init_std: float = 0.0, generator: torch.Generator | None = None) -> nn.Module:
-    """Replace every ``nn.Linear`` / ``nn.Conv2d`` inside ``module`` by its mean-field twin, in place.
+    """Replace every ``nn.Linear`` / ``nn.Conv2d`` inside ``module`` by its mean-field twin,
+    in place.
 
     The deterministic weights are copied into μ (so a pretrained net can start VI) and biases are
     kept as point estimates; σ starts at ``|N(sigma_init, sigma_init_std²)|`` per weight.
@@ -203,7 +210,8 @@ def bayesianize(module: nn.Module, *, prior_sigma: float = 0.1, sigma_init: floa
         return _convert(module, prior_sigma, sigma_init, sigma_init_std, generator)
     for name, child in module.named_children():
         if isinstance(child, (nn.Linear, nn.Conv2d)):
-            setattr(module, name, _convert(child, prior_sigma, sigma_init, sigma_init_std, generator))
+            setattr(module, name,
+                    _convert(child, prior_sigma, sigma_init, sigma_init_std, generator))
         else:
             bayesianize(child, prior_sigma=prior_sigma, sigma_init=sigma_init,
                         sigma_init_std=sigma_init_std, generator=generator)
@@ -218,8 +226,8 @@ def _convert(layer: nn.Module, prior_sigma: float, sigma_init: float, sigma_init
     else:
         if layer.padding_mode != "zeros" or isinstance(layer.padding, str):
             raise ValueError(f"bayesianize supports zero padding given as numbers, got {layer!r}")
-        new = MeanFieldConv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
-                              layer.padding, layer.dilation, layer.groups, **kw)
+        new = MeanFieldConv2d(layer.in_channels, layer.out_channels, layer.kernel_size,
+                              layer.stride, layer.padding, layer.dilation, layer.groups, **kw)
     with torch.no_grad():
         new.mu.copy_(layer.weight)
         if layer.bias is not None:

@@ -92,7 +92,8 @@ def deterministic_model(name: str, input_shape: tuple[int, ...], n_classes: int,
     if name == "mlp":
         return MLP(math.prod(input_shape), n_classes, hidden)
     if len(input_shape) != 3:
-        raise ValueError(f"model={name!r} needs image inputs (C, H, W), got input_shape={input_shape}")
+        raise ValueError(f"model={name!r} needs image inputs (C, H, W), "
+                         f"got input_shape={input_shape}")
     if name == "lenet":
         if input_shape[1] < 16 or input_shape[1] != input_shape[2]:
             raise ValueError(f"lenet needs square images of side ≥ 16, got {input_shape}")

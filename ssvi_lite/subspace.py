@@ -1,4 +1,5 @@
-"""The sparse subspace: initial masks and the alternating removal/addition schedule (method.md §4–5).
+"""The sparse subspace: initial masks and the alternating removal/addition schedule
+(method.md §4–5).
 
 Notebooks 02_mask_initialization (masks) and 04_gradient_addition (updates) introduce these.
 
@@ -30,14 +31,16 @@ def layer_densities(layers: list[MeanFieldLayer], density: float, method: str = 
                     first_layer_dense: bool = False) -> list[float]:
     """Target density of each layer so that the sparse layers hold ``density`` of their weights.
 
-    ``uniform``: every sparse layer gets ``density``. ``erk`` (Erdős–Rényi-kernel, Evci et al. 2020):
-    density_l ∝ (Σ of the layer's dimensions) / (product of them), scaled so the sparse layers hold
-    ``density`` of their weights overall; layers that would exceed 1 are made dense and the rest
-    rescaled. With ``first_layer_dense`` the first layer stays dense (and is never swapped).
+    ``uniform``: every sparse layer gets ``density``. ``erk`` (Erdős–Rényi-kernel, Evci et al.
+    2020): density_l ∝ (Σ of the layer's dimensions) / (product of them), scaled so the sparse
+    layers hold ``density`` of their weights overall; layers that would exceed 1 are made dense
+    and the rest rescaled. With ``first_layer_dense`` the first layer stays dense (and is never
+    swapped).
     """
     density = validate_density(density)
     if method not in MASK_INITS:
-        raise ValueError(f"mask_init={method!r} is not known; choose one of {', '.join(MASK_INITS)}")
+        raise ValueError(f"mask_init={method!r} is not known; "
+                         f"choose one of {', '.join(MASK_INITS)}")
     dense_ids = {0} if first_layer_dense and len(layers) > 1 else set()
     out = [1.0 if i in dense_ids else density for i in range(len(layers))]
     if method == "uniform" or density == 1.0:

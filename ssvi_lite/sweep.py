@@ -7,7 +7,8 @@ CUDA device, round-robin, or CPU workers ≤ cores), and writes
 
     runs/sweep/runs/<run-id>.json    one results row per finished run (atomic, ssvi_lite.fileio)
     runs/sweep/runs/<run-id>.log     the output of a run that failed (kept to read)
-    runs/sweep/results.csv           every configuration of the sweep, one line each (status ok/failed)
+    runs/sweep/results.csv           every configuration of the sweep, one line each
+                                     (status ok/failed)
 
 The run id is a stable hash of the configuration (fields that do not change the result, such as
 ``device`` and ``progress``, are left out), so a second call skips every run whose JSON exists and
@@ -85,8 +86,9 @@ def expand_grid(base: TrainConfig, **axes: Sequence[Any]) -> list[TrainConfig]:
     >>> len(cfgs)
     6
 
-    Each axis is a config field name with a non-empty list of values; the last axis varies fastest.
-    ``method=["vi", "ssvi"], density=[0.1, 0.05]`` gives one vi run (at density 1) and two ssvi runs.
+    Each axis is a config field name with a non-empty list of values; the last axis varies
+    fastest. ``method=["vi", "ssvi"], density=[0.1, 0.05]`` gives one vi run (at density 1) and
+    two ssvi runs.
     """
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     for axis, values in axes.items():

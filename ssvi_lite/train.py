@@ -179,7 +179,8 @@ def load_checkpoint(path: str | Path, cfg: TrainConfig | None = None) -> dict[st
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling errors come in many types
-        raise ValueError(f"checkpoint {path} is not a readable ssvi_lite checkpoint: {err}") from err
+        raise ValueError(f"checkpoint {path} is not a readable ssvi_lite checkpoint: "
+                         f"{err}") from err
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not an ssvi_lite checkpoint (expected format "
                          f"{CHECKPOINT_FORMAT!r})")
@@ -260,7 +261,8 @@ def _train_epoch(run: _Run, on_update: UpdateCallback | None, progress: Any) -> 
         run.step += 1
         n = rows[2]
         sums += torch.tensor([nll_part.item() * n, reg.item() * n / world,
-                              (logits.argmax(-1) == yb).sum().item(), n / world], dtype=torch.float64)
+                              (logits.argmax(-1) == yb).sum().item(), n / world],
+                             dtype=torch.float64)
         progress.update(1)
     for layer in layers:
         layer.capture_dense_grad, layer.dense_grad = False, None

@@ -75,7 +75,8 @@ def test_model_size_counts_mu_sigma_indices_and_dense_params(generator) -> None:
     size = model_size_bytes(model)
     assert size["variational"] == sum(8 * layer.n_active for layer in layers)
     assert size["dense"] == 4 * (20 + 10 + 3)  # biases
-    assert size["index"] == sum(min(4 * l.n_active, -(-l.n_weights // 8)) for l in layers)
+    assert size["index"] == sum(min(4 * layer.n_active, -(-layer.n_weights // 8))
+                                for layer in layers)
     assert size["total"] == size["variational"] + size["index"] + size["dense"]
 
 

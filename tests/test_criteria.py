@@ -28,7 +28,10 @@ def _mc(values: torch.Tensor, n_batches: int = 40) -> tuple[float, float, float,
     """(mean, its SE, SNR = mean/std, its SE) with SEs from batch means of ``values`` (n,)."""
     batches = values.reshape(n_batches, -1)  # (B, n/B)
     means, snrs = batches.mean(1), batches.mean(1) / batches.std(1)
-    se = lambda x: float(x.std() / math.sqrt(n_batches))
+
+    def se(x: torch.Tensor) -> float:
+        return float(x.std() / math.sqrt(n_batches))
+
     return float(values.mean()), se(means), float(values.mean() / values.std()), se(snrs)
 
 
@@ -47,17 +50,19 @@ def test_closed_forms_match_monte_carlo(mu: float, sigma: float) -> None:
     for name, (values, mean_cf, snr_cf) in checks.items():
         mean_mc, mean_se, snr_mc, snr_se = _mc(values)
         assert abs(float(mean_cf) - mean_mc) <= 5 * mean_se + 1e-12, (name, mean_cf, mean_mc)
-        assert abs(float(snr_cf) - snr_mc) <= 5 * snr_se + 1e-9 * abs(snr_mc), (name, snr_cf, snr_mc)
+        assert abs(float(snr_cf) - snr_mc) <= 5 * snr_se + 1e-9 * abs(snr_mc), \
+            (name, snr_cf, snr_mc)
     # magnitude = abs(E θ) and snr = abs(E θ)/sd θ, checked the same way
     assert abs(float(C.magnitude(m, s)) - abs(float(theta.mean()))) <= 5 * sigma / math.sqrt(4e5)
-    assert abs(float(C.snr(m, s)) - abs(mu) / float(theta.std())) <= 5 / math.sqrt(4e5) + 1e-3 * abs(mu) / sigma
+    assert (abs(float(C.snr(m, s)) - abs(mu) / float(theta.std()))
+            <= 5 / math.sqrt(4e5) + 1e-3 * abs(mu) / sigma)
 
 
 # ----------------------------------------------------------------------------- high precision
 def _mp_oracle(mu: float, sigma: float, lam: float = 1.0) -> dict[str, float]:
     """mean_abs, snr_abs, mean_exp_abs, snr_exp_abs with mpmath at 60 digits (no cancellation)."""
     with mpmath.workdps(60):
-        m, s, l = mpmath.mpf(mu), mpmath.mpf(sigma), mpmath.mpf(lam)
+        m, s, lam = mpmath.mpf(mu), mpmath.mpf(sigma), mpmath.mpf(lam)
         m1 = m * mpmath.erf(m / (s * mpmath.sqrt(2))) + s * mpmath.sqrt(2 / mpmath.pi) * \
             mpmath.exp(-m ** 2 / (2 * s ** 2))
 
@@ -65,8 +70,10 @@ def _mp_oracle(mu: float, sigma: float, lam: float = 1.0) -> dict[str, float]:
             return (mpmath.exp(t ** 2 * s ** 2 / 2 + t * m) * mpmath.ncdf(m / s + t * s)
                     + mpmath.exp(t ** 2 * s ** 2 / 2 - t * m) * mpmath.ncdf(-m / s + t * s))
 
-        return {"mean_abs": float(m1), "snr_abs": float(m1 / mpmath.sqrt(s ** 2 + m ** 2 - m1 ** 2)),
-                "mean_exp_abs": float(g(l)), "snr_exp_abs": float(g(l) / mpmath.sqrt(g(2 * l) - g(l) ** 2))}
+        return {"mean_abs": float(m1),
+                "snr_abs": float(m1 / mpmath.sqrt(s ** 2 + m ** 2 - m1 ** 2)),
+                "mean_exp_abs": float(g(lam)),
+                "snr_exp_abs": float(g(lam) / mpmath.sqrt(g(2 * lam) - g(lam) ** 2))}
 
 
 EXTREME = [(mu, sigma) for mu in (0.0, 1e-6, 0.01, -0.3, 1.0, -10.0)
@@ -87,7 +94,8 @@ def test_lambda_is_a_parameter() -> None:
     want = _mp_oracle(0.3, 0.2, lam=2.5)
     assert float(C.exp_abs_moment(mu, sigma, 2.5)) == pytest.approx(want["mean_exp_abs"], rel=1e-10)
     assert float(C.snr_exp_abs(mu, sigma, lam=2.5)) == pytest.approx(want["snr_exp_abs"], rel=1e-8)
-    assert C.REMOVAL_SCORES["mean_exp_abs"](mu, sigma) == C.exp_abs_moment(mu, sigma, C.EXP_ABS_LAMBDA)
+    assert (C.REMOVAL_SCORES["mean_exp_abs"](mu, sigma)
+            == C.exp_abs_moment(mu, sigma, C.EXP_ABS_LAMBDA))
     with pytest.raises(ValueError, match="lam"):
         C.exp_abs_moment(mu, sigma, -1.0)
 
@@ -96,7 +104,8 @@ def test_series_and_exact_branches_join_smoothly() -> None:
     z = torch.linspace(0, 15, 61, dtype=torch.float64)
     for lam in (1.0, 3.0):
         lo, hi = C.SERIES_BELOW / lam * (1 - 1e-9), C.SERIES_BELOW / lam * (1 + 1e-9)
-        a, b = C.snr_exp_abs(z * lo, torch.full_like(z, lo), lam), C.snr_exp_abs(z * hi, torch.full_like(z, hi), lam)
+        a = C.snr_exp_abs(z * lo, torch.full_like(z, lo), lam)
+        b = C.snr_exp_abs(z * hi, torch.full_like(z, hi), lam)
         assert torch.allclose(a, b, rtol=1e-7)
 
 
@@ -205,7 +214,8 @@ def test_unknown_keys_list_the_valid_ones(bad: object) -> None:
     assert repr(bad) in str(info.value) and all(k in str(info.value) for k in C.REMOVAL_SCORES)
     with pytest.raises(ValueError) as info:
         C.addition_score(bad, torch.zeros(2))
-    assert repr(bad) in str(info.value) and "grad" in str(info.value) and "random" in str(info.value)
+    assert (repr(bad) in str(info.value) and "grad" in str(info.value)
+            and "random" in str(info.value))
     with pytest.raises(ValueError, match="snr_exp_abs"):
         C.removal_score(bad, torch.zeros(2), torch.ones(2))
 
@@ -271,7 +281,9 @@ def test_top_k_mask_rejects_bad_input() -> None:
 
 # ----------------------------------------------------------------------------- agreement
 def test_removal_agreement_by_hand() -> None:
-    b = lambda *xs: torch.tensor(xs, dtype=torch.bool)
+    def b(*xs: int) -> torch.Tensor:
+        return torch.tensor(xs, dtype=torch.bool)
+
     assert C.removal_agreement(b(1, 1, 0, 0), b(0, 1, 1, 0)) == pytest.approx(1 / 3)
     assert C.removal_agreement(b(0, 0), b(0, 0)) == 1.0
     assert C.removal_agreement(b(1, 0), b(0, 0)) == 0.0

@@ -1,4 +1,5 @@
-"""Mean-field layers against trusted oracles: F.linear/F.conv2d, torch.distributions KL, MC moments."""
+"""Mean-field layers against trusted oracles: F.linear/F.conv2d, torch.distributions KL,
+MC moments."""
 from __future__ import annotations
 
 import math

@@ -207,7 +207,10 @@ def test_plot_entropy_map_contours_entropy_and_scatters_data() -> None:
 
 def test_plot_entropy_map_validates_inputs() -> None:
     x, y = torch.zeros(5, 2), torch.zeros(5, dtype=torch.long)
-    uniform = lambda p: torch.full((len(p), 3), 1 / 3)
+
+    def uniform(p: torch.Tensor) -> torch.Tensor:
+        return torch.full((len(p), 3), 1 / 3)
+
     with pytest.raises(ValueError, match=r"shape \(N, 2\)"):
         plots.plot_entropy_map(uniform, torch.zeros(5, 3), y)
     with pytest.raises(ValueError, match="grid"):

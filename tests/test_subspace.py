@@ -113,9 +113,9 @@ def _one_update(net, generator, zeta, removal="snr_abs", addition="grad"):
     for _, layer in mean_field_layers(net):
         layer.capture_dense_grad = True
     net(x).square().mean().backward()
-    before = {n: (l.mask.clone(), l.mu.detach().clone(), l.rho.detach().clone(),
-                  removal_score(removal, l.mu, l.sigma).detach(), l.dense_grad.abs())
-              for n, l in mean_field_layers(net)}
+    before = {n: (layer.mask.clone(), layer.mu.detach().clone(), layer.rho.detach().clone(),
+                  removal_score(removal, layer.mu, layer.sigma).detach(), layer.dense_grad.abs())
+              for n, layer in mean_field_layers(net)}
     swaps = update_subspace(net, zeta, removal, addition, optimizer)
     return optimizer, before, swaps
 
@@ -170,12 +170,12 @@ def test_inactive_entries_never_move_during_training(optimizer_name, generator) 
     and their optimiser state stays zero."""
     net = _net((10, 8, 3))
     init_masks(net, 0.3, generator=generator)
-    rho0 = {n: l.rho.detach().clone() for n, l in mean_field_layers(net)}
+    rho0 = {n: layer.rho.detach().clone() for n, layer in mean_field_layers(net)}
     cfg = make_config("kit", optimizer=optimizer_name, lr=0.05, weight_decay=0.1)
     optimizer = make_optimizer(net, cfg)
     for _ in range(20):
         loss = net(torch.randn(8, 10, generator=generator)).square().mean()
-        loss = loss + sum(l.kl_sum() for _, l in mean_field_layers(net)) / 100
+        loss = loss + sum(layer.kl_sum() for _, layer in mean_field_layers(net)) / 100
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

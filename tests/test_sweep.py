@@ -69,7 +69,7 @@ def test_run_ids_differ_exactly_when_configs_differ(a: tuple, b: tuple) -> None:
     assert (run_id(ca) == run_id(cb)) == (a == b)
 
 
-# ----------------------------------------------------------------------------- scheduling (fake runs)
+# --------------------------------------------------------------------------- scheduling (fake runs)
 @pytest.fixture
 def fake_launch(monkeypatch):
     """Replace the subprocess launcher: record the device, write a row, fail where seed == 99."""

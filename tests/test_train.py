@@ -1,4 +1,5 @@
-"""fit: every method trains; history columns; resume = uninterrupted; NaN stops with a clear error."""
+"""fit: every method trains; history columns; resume = uninterrupted; NaN stops with a clear
+error."""
 from __future__ import annotations
 
 import math
@@ -60,7 +61,8 @@ def test_ssvi_swaps_and_keeps_counts_while_static_does_not(data) -> None:
     static = prepare_model(static_cfg, data, seed_everything(0))
     before = [layer.mask.clone() for _, layer in mean_field_layers(static)]
     fit(static, data, static_cfg)
-    assert all(torch.equal(m, layer.mask) for m, (_, layer) in zip(before, mean_field_layers(static)))
+    assert all(torch.equal(m, layer.mask)
+               for m, (_, layer) in zip(before, mean_field_layers(static)))
 
 
 def test_kl_warmup_follows_min_2e_over_E() -> None:
