@@ -36,7 +36,7 @@ test: $(VENV)/.dev
 	MPLBACKEND=Agg OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadfile --nbval-lax $(PYTEST_ARGS) tests notebooks
 
 lint: $(VENV)/.dev
-	$(BIN)/python -m ruff check ssvi_lite tests benchmarks
+	$(BIN)/python -m ruff check ssvi_lite tests benchmarks scripts
 
 figures: $(VENV)/.core
 	MPLBACKEND=Agg $(BIN)/python scripts/make_figures.py
