@@ -86,8 +86,12 @@ class _MeanFieldLayer(nn.Module):
     def _store_dense_grad(self, grad: Tensor) -> None:
         self.dense_grad = grad.detach().clone()
 
+    def active_mask(self) -> Tensor:
+        """The mask the forward pass applies (sparse VD swaps in its pruned one at evaluation)."""
+        return self.mask
+
     def forward(self, x: Tensor) -> Tensor:
-        m = self.mask.to(self.mu.dtype)
+        m = self.active_mask().to(self.mu.dtype)
         if self.mode == "lrt":
             mean = self._op(x, self._watch(self.mu * m), self.bias)
             var = self._op(x * x, self.sigma**2 * m, None)

@@ -61,6 +61,7 @@ from ..costs import BYTES_PER_FLOAT, forward_flops, layer_costs
 from ..data import DataSplits, iterate_batches
 from ..models import build_model
 from ..train import resolve_device
+from . import make_options
 
 
 @dataclass
@@ -83,11 +84,7 @@ class EMMCMCOptions:
 
 def options(cfg: TrainConfig) -> EMMCMCOptions:
     """``EMMCMCOptions`` from ``cfg.method_options``; unknown keys or bad values: ValueError."""
-    valid = [f.name for f in dataclasses.fields(EMMCMCOptions)]
-    unknown = sorted(set(cfg.method_options) - set(valid))
-    if unknown:
-        raise ValueError(f"unknown em_mcmc option(s) {unknown}; valid ones: {', '.join(valid)}")
-    opts = EMMCMCOptions(**cfg.method_options)
+    opts = make_options(EMMCMCOptions, cfg.method_options, "em_mcmc")
     if opts.first_snapshot_cycle is None:
         opts.first_snapshot_cycle = opts.em_start_cycle
     for name in ("n_cycles", "em_start_cycle", "first_snapshot_cycle"):

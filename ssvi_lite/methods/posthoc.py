@@ -18,7 +18,6 @@ count both stages (column ``stage``). There is no authors' code to depart from; 
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +32,7 @@ from ..data import DataSplits
 from ..layers import mean_field_layers
 from ..models import build_model
 from ..subspace import enforce_masks, layer_densities, model_density
+from . import make_options
 
 
 @dataclass(frozen=True)
@@ -51,11 +51,7 @@ class PosthocOptions:
 
 def parse_options(options: dict[str, Any]) -> PosthocOptions:
     """``PosthocOptions`` from a dict; unknown keys raise ValueError listing the valid ones."""
-    valid = [f.name for f in dataclasses.fields(PosthocOptions)]
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise ValueError(f"unknown posthoc option(s) {unknown}; valid: {', '.join(valid)}")
-    opts = PosthocOptions(**options)
+    opts = make_options(PosthocOptions, options, "posthoc")
     for name, minimum in (("dense_epochs", 1), ("fine_tune_epochs", 0)):
         value = getattr(opts, name)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool)

@@ -39,7 +39,6 @@ Departures from the authors' code (Theano/Lasagne, and their PyTorch colab), and
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -49,12 +48,13 @@ import torch
 from torch import Tensor, nn
 
 from .. import train
-from ..config import FORWARD_MODES, TrainConfig
+from ..config import TrainConfig
 from ..costs import forward_flops, layer_costs
 from ..data import DataSplits
-from ..layers import LRT_EPS, MeanFieldConv2d, MeanFieldLayer, MeanFieldLinear, mean_field_layers
+from ..layers import MeanFieldConv2d, MeanFieldLayer, MeanFieldLinear, mean_field_layers
 from ..models import build_model
 from ..subspace import model_density
+from . import make_options
 
 K1, K2, K3 = 0.63576, 1.87320, 1.48695  # Molchanov et al. 2017, eq. 14
 LOG_ALPHA_CLIP = 10.0
@@ -78,11 +78,7 @@ class SVDOptions:
 
 def parse_options(options: dict[str, Any]) -> SVDOptions:
     """``SVDOptions`` from a dict; unknown keys raise ValueError listing the valid ones."""
-    valid = [f.name for f in dataclasses.fields(SVDOptions)]
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise ValueError(f"unknown svd option(s) {unknown}; valid: {', '.join(valid)}")
-    opts = SVDOptions(**options)
+    opts = make_options(SVDOptions, options, "svd")
     if opts.log_sigma2_lr is not None and not opts.log_sigma2_lr > 0:
         raise ValueError(f"log_sigma2_lr must be positive or None, got {opts.log_sigma2_lr!r}")
     return opts
@@ -135,21 +131,9 @@ class _SparseVDMixin:
         kl = -neg_kl_approx(self.log_alpha)
         return torch.where(self.mask, kl, torch.zeros_like(kl)).sum()
 
-    def forward(self, x: Tensor) -> Tensor:
-        """LRT / sample / mean as the mean-field layer; at evaluation the pruned weights are 0."""
-        active = self.mask if self.training else self.keep
-        m = active.to(self.mu.dtype)
-        if self.mode == "lrt":
-            mean = self._op(x, self._watch(self.mu * m), self.bias)
-            var = self._op(x * x, self.sigma**2 * m, None)
-            return mean + torch.sqrt(var + LRT_EPS) * self._lrt_noise(mean)
-        if self.mode == "sample":
-            theta = (self.mu + self.sigma * torch.randn_like(self.mu)) * m
-            return self._op(x, self._watch(theta), self.bias)
-        if self.mode == "mean":
-            return self._op(x, self._watch(self.mu * m), self.bias)
-        raise ValueError(f"mode={self.mode!r} is not known; choose one of "
-                         f"{', '.join(FORWARD_MODES)}")
+    def active_mask(self) -> Tensor:
+        """Training: the structural mask; evaluation: the weights kept (log α ≤ threshold)."""
+        return self.mask if self.training else self.keep
 
 
 class SparseVDLinear(_SparseVDMixin, MeanFieldLinear):

@@ -58,7 +58,6 @@ Measured with the defaults (784-300-100-10, 30 epochs, 4,000 images, seed 0, one
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -77,6 +76,7 @@ from ..layers import MeanFieldLayer, mean_field_layers
 from ..models import build_model
 from ..train import evaluate, make_optimizer, resolve_device
 from ..train import predict_proba as _predict_proba
+from . import make_options
 
 LOGIT_CLAMP = 30.0
 
@@ -101,11 +101,7 @@ class TurboVBIOptions:
 
 def options(cfg: TrainConfig) -> TurboVBIOptions:
     """``TurboVBIOptions`` from ``cfg.method_options``; unknown keys or bad values: ValueError."""
-    valid = [f.name for f in dataclasses.fields(TurboVBIOptions)]
-    unknown = sorted(set(cfg.method_options) - set(valid))
-    if unknown:
-        raise ValueError(f"unknown turbo_vbi option(s) {unknown}; valid ones: {', '.join(valid)}")
-    opts = TurboVBIOptions(**cfg.method_options)
+    opts = make_options(TurboVBIOptions, cfg.method_options, "turbo_vbi")
     for name in ("a", "b", "a_bar", "b_bar", "kl_scale"):
         if not getattr(opts, name) > 0:
             raise ValueError(f"turbo_vbi option {name}={getattr(opts, name)!r} must be positive")

@@ -46,7 +46,6 @@ The codebook (k-means, partition, KL, W2, merging) lives in ``ssvi_lite.methods.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -63,6 +62,7 @@ from ..costs import forward_flops, layer_costs
 from ..data import DataSplits, iterate_batches
 from ..layers import bayesianize, forward_mode, mean_field_layers
 from ..models import build_model
+from . import make_options
 from .codebook import Codebook, make_codebook
 
 CODE_BYTES, FLOAT_BYTES = 2, 4  # 16-bit cluster code per weight; float32 parameters
@@ -95,11 +95,7 @@ class WeightSharingOptions:
 
 def parse_options(options: dict[str, Any]) -> WeightSharingOptions:
     """``WeightSharingOptions`` from a dict; unknown keys raise ValueError naming the valid ones."""
-    valid = [f.name for f in dataclasses.fields(WeightSharingOptions)]
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise ValueError(f"unknown weight_sharing option(s) {unknown}; valid: {', '.join(valid)}")
-    opts = WeightSharingOptions(**options)
+    opts = make_options(WeightSharingOptions, options, "weight_sharing")
     ints = {"pretrain_epochs": 1, "noise_epochs": 1, "n_clusters": 1, "kmeans_iters": 1,
             "min_cluster_size": 0}
     for name, low in ints.items():
