@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -87,6 +88,24 @@ def _reliability_panel(curves: list, labels: Any, draw: Any) -> Any:
     return fig
 
 
+def parse_method_options(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["n_cycles=4", "temperature=null"]`` -> ``{"n_cycles": 4, "temperature": None}``.
+
+    A value is read as JSON where it is JSON (numbers, true/false, null, lists), else as text; the
+    method itself rejects unknown keys and bad values with the list of valid ones.
+    """
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--option {pair!r} is not KEY=VALUE (e.g. --option n_cycles=4)")
+        try:
+            options[key] = json.loads(text)
+        except json.JSONDecodeError:
+            options[key] = text
+    return options
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .experiment import run
 
@@ -97,6 +116,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size, "lr": args.lr, "data_root": args.data_root,
         "hidden": tuple(args.hidden) if args.hidden else None, "progress": args.progress,
         "amp": args.amp, "channels_last": args.channels_last,
+        "method_options": parse_method_options(args.option) if args.option else None,
     }.items() if v is not None}
     if overrides.get("method") == "vi" and "density" not in overrides:
         overrides["density"] = 1.0
@@ -153,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--amp", action="store_true", default=None, help="bfloat16 autocast")
     tr.add_argument("--channels-last", action="store_true", default=None)
     tr.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    tr.add_argument("--option", action="append", metavar="KEY=VALUE",
+                    help="a method option (cfg.method_options), repeatable, e.g. n_cycles=4")
     tr.add_argument("--json", help="write the results row here")
     tr.add_argument("--checkpoint", help="write a checkpoint here after every epoch")
     tr.add_argument("--resume", action="store_true", help="continue from --checkpoint")

@@ -61,6 +61,8 @@ CLI_BAD = [  # (argv, words the message must contain)
     (["train", "--dataset", "cifar10", "--data-root", "/nonexistent/place"], ["cifar10", "fetch"]),
     (["train", "--device", "tpu"], ["tpu", "cpu"]),
     (["train", "--batch-size", "-4"], ["batch_size", "-4"]),
+    (["train", "--method", "em_mcmc", "--option", "n_cycles"], ["n_cycles", "KEY=VALUE"]),
+    (["train", "--method", "em_mcmc", "--option", "cycles=3"], ["cycles", "n_cycles"]),
 ]
 
 
@@ -111,3 +113,23 @@ def test_bad_library_calls_raise_clear_errors(call, error, words) -> None:
 def test_corrupt_data_file_names_the_file(tmp_path) -> None:
     with pytest.raises(ValueError, match="train-images-idx3-ubyte"):
         _corrupt_idx(tmp_path)()
+
+
+def test_method_options_are_read_as_json_where_they_are_json() -> None:
+    from ssvi_lite.cli import parse_method_options
+
+    assert parse_method_options(["n_cycles=4", "temperature=null", "lr_max=0.25", "name=snr_abs",
+                                 "flag=true", "sizes=[1, 2]"]) == {
+        "n_cycles": 4, "temperature": None, "lr_max": 0.25, "name": "snr_abs", "flag": True,
+        "sizes": [1, 2]}
+
+
+def test_train_passes_method_options_to_the_method(tmp_path, capsys) -> None:
+    out = tmp_path / "row.json"
+    code = main(["train", "--method", "em_mcmc", "--epochs", "3", "--n-train", "200", "--hidden",
+                 "16", "--option", "n_cycles=3", "--option", "em_start_cycle=3", "--no-progress",
+                 "--json", str(out)])
+    assert code == 0
+    row = json.loads(out.read_text())
+    # with EM starting in the last of 3 one-epoch cycles, one snapshot is taken
+    assert row["method"] == "em_mcmc" and row["n_snapshots"] == 1
