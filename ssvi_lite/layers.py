@@ -138,8 +138,7 @@ class MeanFieldLinear(_MeanFieldLayer):
 
 
 class MeanFieldConv2d(_MeanFieldLayer):
-    """Mean-field Gaussian ``nn.Conv2d``: ``mu``/``rho``/``mask`` of shape
-    (out, in/groups, kh, kw)."""
+    """Mean-field Gaussian ``nn.Conv2d``: ``mu``/``rho``/``mask`` are (out, in/groups, kh, kw)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
                  stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
@@ -165,8 +164,7 @@ MeanFieldLayer = _MeanFieldLayer  # public name for isinstance checks
 
 
 def mean_field_layers(model: nn.Module) -> list[tuple[str, _MeanFieldLayer]]:
-    """The (name, layer) pairs of every mean-field layer in ``model``, in forward-definition
-    order."""
+    """The (name, layer) pairs of every mean-field layer in ``model``, in definition order."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, _MeanFieldLayer)]
 
 
@@ -203,8 +201,7 @@ def forward_mode(model: nn.Module, mode: str) -> Iterator[nn.Module]:
 
 def bayesianize(module: nn.Module, *, prior_sigma: float = 0.1, sigma_init: float = 1e-3,
                 sigma_init_std: float = 0.0, generator: torch.Generator | None = None) -> nn.Module:
-    """Replace every ``nn.Linear`` / ``nn.Conv2d`` inside ``module`` by its mean-field twin,
-    in place.
+    """Replace each ``nn.Linear`` / ``nn.Conv2d`` in ``module`` by its mean-field twin, in place.
 
     The deterministic weights are copied into μ (so a pretrained net can start VI) and biases are
     kept as point estimates; σ starts at ``|N(sigma_init, sigma_init_std²)|`` per weight.
