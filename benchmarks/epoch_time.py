@@ -23,6 +23,9 @@ import subprocess
 import sys
 import time
 
+import torch
+from machine import cpu_name  # benchmarks/machine.py (the script's folder is on sys.path)
+
 from ssvi_lite.fileio import write_text
 
 METHODS = (("vi", 1.0), ("ssvi", 0.1), ("static", 0.1))
@@ -46,20 +49,8 @@ print(json.dumps({"epoch_s": float(history["wall_time_s"].iloc[-1]) / epochs,
 """
 
 
-def cpu_name() -> str:
-    """The CPU's model name from /proc/cpuinfo where there is one (Linux), else platform's guess."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            return next(line.split(":", 1)[1].strip() for line in info
-                        if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
 def sqrt_time(value: float, threads: int, repeats: int = 200) -> float:
     """ms per torch.sqrt of a first-layer-sized (400 × 784) tensor filled with ``value``."""
-    import torch
-
     torch.set_num_threads(threads)
     x = torch.full((400, 784), value)
     start = time.perf_counter()

@@ -25,13 +25,13 @@ SSVI / dense VI ≤ 1.1. Peak memory is torch.cuda.max_memory_allocated() per me
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
 
 import pandas as pd
 import torch
+from machine import cpu_name  # benchmarks/machine.py (the script's folder is on sys.path)
 
 from ssvi_lite.config import make_config, seed_everything
 from ssvi_lite.data import DataSplits
@@ -88,7 +88,7 @@ def measure(method: str, density: float, args: argparse.Namespace, data: DataSpl
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+    return f"CPU {cpu_name()} ({torch.get_num_threads()} threads)"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

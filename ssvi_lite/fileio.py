@@ -17,7 +17,6 @@ _UMASK = os.umask(0)  # read the process umask once (os.umask can only read by s
 os.umask(_UMASK)  # ... and put it back
 
 
-
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds.

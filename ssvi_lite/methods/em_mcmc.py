@@ -187,11 +187,12 @@ def expand_groups(group_values: Tensor, weight: Tensor) -> Tensor:
 
 class EMMCMCNet(nn.Module):
     """A deterministic net plus EM-MCMC's group state: ``alive_k`` (bool per group, the hard mask),
-    ``spike_k`` (bool per group), per-layer thresholds, and the list of snapshot state dicts."""
+    ``spike_k`` (bool per group), per-layer thresholds, and the list of snapshot state dicts.
+    ``input_shape`` (one example's) is kept for the cost columns of :func:`report`."""
 
-    def __init__(self, net: nn.Module, opts: EMMCMCOptions) -> None:
+    def __init__(self, net: nn.Module, opts: EMMCMCOptions, input_shape: tuple[int, ...]) -> None:
         super().__init__()
-        self.net, self.opts = net, opts
+        self.net, self.opts, self.input_shape = net, opts, tuple(input_shape)
         self.layer_names = [n for n, m in net.named_modules()
                             if isinstance(m, (nn.Linear, nn.Conv2d))]
         for k, layer in enumerate(self.weight_layers()):
@@ -250,9 +251,7 @@ def build(cfg: TrainConfig, data: DataSplits, generator: torch.Generator) -> nn.
     """The deterministic ``cfg.model`` (Kaiming init) wrapped with EM-MCMC's group state."""
     opts = options(cfg)
     net = build_model(cfg.replace(method="map"), data.input_shape, data.n_classes, generator)
-    model = EMMCMCNet(net, opts)
-    model.input_shape = tuple(data.input_shape)  # for the costs in report()
-    return model
+    return EMMCMCNet(net, opts, data.input_shape)
 
 
 def _active_costs(model: EMMCMCNet, input_shape: tuple[int, ...]) -> list:
@@ -383,14 +382,13 @@ def report(model: nn.Module) -> dict[str, float | int]:
     """
     n_nets = max(1, len(model.snapshots))
     out: dict[str, float | int] = {"density": _density(model), "n_snapshots": len(model.snapshots)}
-    if hasattr(model, "input_shape"):
-        costs = _active_costs(model, model.input_shape)
-        weights = {id(layer.weight) for layer in model.weight_layers()}
-        others = sum(p.numel() for p in model.net.parameters() if id(p) not in weights)
-        bitmaps = sum(-(-model.alive(k).numel() // 8) for k in range(len(model.layer_names)))
-        kept = sum(c.n_active for c in costs) + others  # floats of one network
-        out["model_size_bytes"] = BYTES_PER_FLOAT * n_nets * kept + bitmaps
-        out["inference_flops_per_example"] = n_nets * forward_flops(costs, 1, bayesian=False)
+    costs = _active_costs(model, model.input_shape)
+    weights = {id(layer.weight) for layer in model.weight_layers()}
+    others = sum(p.numel() for p in model.net.parameters() if id(p) not in weights)
+    bitmaps = sum(-(-model.alive(k).numel() // 8) for k in range(len(model.layer_names)))
+    kept = sum(c.n_active for c in costs) + others  # floats of one network
+    out["model_size_bytes"] = BYTES_PER_FLOAT * n_nets * kept + bitmaps
+    out["inference_flops_per_example"] = n_nets * forward_flops(costs, 1, bayesian=False)
     for k, name in enumerate(model.layer_names):
         alive = model.alive(k)
         units = alive if alive.dim() == 1 else alive.any(0)  # conv: input channels with a kernel
