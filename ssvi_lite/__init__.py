@@ -20,15 +20,18 @@ from .costs import layer_costs, model_size_bytes, training_flops_ratio
 from .data import DataSplits, load_dataset
 from .experiment import RunResult, evaluate_model, prepare_model, run
 from .layers import MeanFieldConv2d, MeanFieldLinear, bayesianize, forward_mode, mean_field_layers
+from .methods import REGISTRY, Method, get_method
 from .models import build_model
+from .predict import evaluate, predict_proba
 from .subspace import SwapSchedule, init_masks, model_density, update_subspace
-from .train import evaluate, fit, predict_proba
+from .train import fit
 
 __version__ = "0.1.0"
 __all__ = [
-    "MeanFieldConv2d", "MeanFieldLinear", "PRESETS", "DataSplits", "RunResult", "SwapSchedule",
-    "TrainConfig", "bayesianize", "build_model", "criteria", "evaluate", "evaluate_model", "fit",
-    "forward_mode", "init_masks", "layer_costs", "load_dataset", "make_config",
-    "mean_field_layers", "metrics", "model_density", "model_size_bytes", "predict_proba",
-    "prepare_model", "run", "seed_everything", "training_flops_ratio", "update_subspace",
+    "DataSplits", "MeanFieldConv2d", "MeanFieldLinear", "Method", "PRESETS", "REGISTRY",
+    "RunResult", "SwapSchedule", "TrainConfig", "bayesianize", "build_model", "criteria",
+    "evaluate", "evaluate_model", "fit", "forward_mode", "get_method", "init_masks", "layer_costs",
+    "load_dataset", "make_config", "mean_field_layers", "metrics", "model_density",
+    "model_size_bytes", "predict_proba", "prepare_model", "run", "seed_everything",
+    "training_flops_ratio", "update_subspace",
 ]

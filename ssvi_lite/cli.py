@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from .config import METHODS, MODELS, PRESETS, make_config
+from .config import add_config_flags, make_config, overrides_from_flags
 from .fileio import write_json
 
 DELEGATED = {  # subcommand -> module offering add_arguments(parser) and main(args)
@@ -32,8 +31,8 @@ TABLE_COLUMNS = {  # results-row key -> printed header
 }
 
 
-def results_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """The demo's table: one line per run, the columns of TABLE_COLUMNS."""
+def printed_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """What ``demo`` and ``train`` print: one line per run, the columns of TABLE_COLUMNS."""
     return pd.DataFrame(rows)[list(TABLE_COLUMNS)].rename(columns=TABLE_COLUMNS)
 
 
@@ -45,8 +44,8 @@ def demo_configs(epochs: int | None = None, seed: int = 0, n_train: int | None =
     """MAP, dense VI, SSVI at density 0.1 (snr_abs + grad) and the static mask, kit preset."""
     common = dict(seed=seed, **({"epochs": epochs} if epochs else {}),
                   **({"n_train": n_train} if n_train else {}))
-    return [make_config("kit", method="map", density=1.0, **common),
-            make_config("kit", method="vi", density=1.0, **common),
+    return [make_config("kit", method="map", **common),
+            make_config("kit", method="vi", **common),
             make_config("kit", method="ssvi", density=0.1, removal="snr_abs", addition="grad",
                         **common),
             make_config("kit", method="static", density=0.1, **common)]
@@ -55,7 +54,7 @@ def demo_configs(epochs: int | None = None, seed: int = 0, n_train: int | None =
 def cmd_demo(args: argparse.Namespace) -> int:
     from .experiment import load_data, run
     from .plots import reliability_diagram, save_figure
-    from .train import predict_proba
+    from .predict import predict_proba
 
     configs = demo_configs(args.epochs, args.seed, args.n_train)
     data = load_data(configs[0])
@@ -69,7 +68,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         curves.append((f"{cfg.method} (d={result.row['density']:.2f})", probs))
         print(f"  {cfg.method:>6}: accuracy {result.row['accuracy']:.4f}, "
               f"{result.row['wall_time_s']:.1f} s", flush=True)
-    print("\n" + _format_table(results_table(rows)))
+    print("\n" + _format_table(printed_table(rows)))
     print("FLOPs = 2 × multiply-adds of weight layers; ratio vs dense VI over the same steps.")
     out = Path(args.out)
     fig = _reliability_panel(curves, data.y_test, reliability_diagram)
@@ -88,47 +87,18 @@ def _reliability_panel(curves: list, labels: Any, draw: Any) -> Any:
     return fig
 
 
-def parse_method_options(pairs: Sequence[str]) -> dict[str, Any]:
-    """``["n_cycles=4", "temperature=null"]`` -> ``{"n_cycles": 4, "temperature": None}``.
-
-    A value is read as JSON where it is JSON (numbers, true/false, null, lists), else as text; the
-    method itself rejects unknown keys and bad values with the list of valid ones.
-    """
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--option {pair!r} is not KEY=VALUE (e.g. --option n_cycles=4)")
-        try:
-            options[key] = json.loads(text)
-        except json.JSONDecodeError:
-            options[key] = text
-    return options
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from .experiment import run
 
-    overrides = {k: v for k, v in {
-        "method": args.method, "density": args.density, "removal": args.removal,
-        "addition": args.addition, "dataset": args.dataset, "epochs": args.epochs,
-        "seed": args.seed, "device": args.device, "model": args.model, "n_train": args.n_train,
-        "batch_size": args.batch_size, "lr": args.lr, "data_root": args.data_root,
-        "hidden": tuple(args.hidden) if args.hidden else None, "progress": args.progress,
-        "amp": args.amp, "channels_last": args.channels_last,
-        "method_options": parse_method_options(args.option) if args.option else None,
-    }.items() if v is not None}
-    if overrides.get("method") == "vi" and "density" not in overrides:
-        overrides["density"] = 1.0
-    cfg = make_config(args.preset, **overrides)
     if args.resume and not args.checkpoint:
         raise ValueError("--resume needs --checkpoint PATH (the checkpoint to continue from)")
+    cfg = make_config(args.preset, **overrides_from_flags(args))
     result = run(cfg, checkpoint=args.checkpoint, resume=args.resume)
     from . import distributed
 
     if not distributed.is_main():
         return 0
-    print(_format_table(results_table([result.row])))
+    print(_format_table(printed_table([result.row])))
     if args.json:
         write_json(args.json, result.row)
         print(f"results: {args.json}")
@@ -155,26 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     tr = sub.add_parser("train", help="train and evaluate one configuration")
-    tr.add_argument("--preset", choices=sorted(PRESETS), default="kit")
-    tr.add_argument("--method", choices=METHODS)
-    tr.add_argument("--model", choices=MODELS)
-    tr.add_argument("--density", type=float, help="active fraction of weights, in (0, 1]")
-    tr.add_argument("--removal", help="removal score key (ssvi_lite.criteria.REMOVAL_SCORES)")
-    tr.add_argument("--addition", help="addition score key (grad, random)")
-    tr.add_argument("--dataset")
-    tr.add_argument("--data-root", help="folder with real dataset files (see data/README.md)")
-    tr.add_argument("--epochs", type=int)
-    tr.add_argument("--seed", type=int)
-    tr.add_argument("--n-train", type=int)
-    tr.add_argument("--batch-size", type=int)
-    tr.add_argument("--lr", type=float)
-    tr.add_argument("--hidden", type=int, nargs="+", help="MLP hidden widths")
-    tr.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    tr.add_argument("--amp", action="store_true", default=None, help="bfloat16 autocast")
-    tr.add_argument("--channels-last", action="store_true", default=None)
-    tr.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
-    tr.add_argument("--option", action="append", metavar="KEY=VALUE",
-                    help="a method option (cfg.method_options), repeatable, e.g. n_cycles=4")
+    add_config_flags(tr)  # one flag per TrainConfig field, default: the preset's value
     tr.add_argument("--json", help="write the results row here")
     tr.add_argument("--checkpoint", help="write a checkpoint here after every epoch")
     tr.add_argument("--resume", action="store_true", help="continue from --checkpoint")

@@ -13,45 +13,32 @@ It writes the tidy table OUT/results.csv (one line per run, status ok/failed) an
 from __future__ import annotations
 
 import argparse
-import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from .config import BASELINE_METHODS, CORE_METHODS, METHODS, PRESETS, TrainConfig
+from .config import PRESETS, TrainConfig
+from .methods import NAMES, REGISTRY
 from .report import paper_table
 from .sweep import base_config, expand_grid, run_sweep
 
-DENSITY_TARGETING = ("ssvi", "static", "posthoc")
 DEFAULT_DENSITIES = (0.5, 0.2, 0.1, 0.05)
 FIGURES = (("accuracy", "density"), ("nll", "density"), ("ece", "density"),
            ("accuracy", "flops"))
 
 
-def available_methods() -> list[str]:
-    """The methods this installation can run: the core four and every baseline module present."""
-    found = [m for m in BASELINE_METHODS
-             if importlib.util.find_spec(f"ssvi_lite.methods.{m}") is not None]
-    return list(CORE_METHODS) + found
-
-
 def check_methods(methods: Sequence[str]) -> list[str]:
-    """``methods`` in the kit's order; ValueError naming unknown or missing ones and the rest."""
+    """``methods`` in the registry's order; ValueError naming unknown ones and the valid ones."""
     methods = list(dict.fromkeys(methods))
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in REGISTRY]
     if unknown:
-        raise ValueError(f"unknown method(s) {', '.join(unknown)}; "
-                         f"choose from {', '.join(METHODS)}")
-    available = available_methods()
-    missing = [m for m in methods if m not in available]
-    if missing:
-        raise ValueError(f"method(s) {', '.join(missing)} are not available in this installation "
-                         f"(no module ssvi_lite.methods.<name>); available: {', '.join(available)}")
+        raise ValueError(f"unknown method(s) {', '.join(map(str, unknown))}; "
+                         f"choose from {', '.join(NAMES)}")
     if not methods:
-        raise ValueError(f"give at least one method; available: {', '.join(available)}")
-    return sorted(methods, key=METHODS.index)
+        raise ValueError(f"give at least one method; choose from {', '.join(NAMES)}")
+    return sorted(methods, key=NAMES.index)
 
 
 def compare_configs(base: TrainConfig, methods: Sequence[str], densities: Sequence[float],
@@ -70,7 +57,7 @@ def compare_configs(base: TrainConfig, methods: Sequence[str], densities: Sequen
     configs: list[TrainConfig] = []
     for method in check_methods(methods):
         axes: dict[str, Any] = {"method": [method], "seed": list(seeds)}
-        if method in DENSITY_TARGETING:
+        if REGISTRY[method].density == "target":
             axes["density"] = list(densities)
         configs += expand_grid(base, **axes)
     return configs
@@ -108,9 +95,9 @@ def make_figures(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
 # ----------------------------------------------------------------------------- command line
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``python -m ssvi_lite compare``: every method, one table, four figures."""
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
+    parser.add_argument("--methods", nargs="+", default=list(NAMES), choices=NAMES,
                         metavar="METHOD",
-                        help=f"any of {', '.join(METHODS)} (default: all)")
+                        help=f"any of {', '.join(NAMES)} (default: all)")
     parser.add_argument("--densities", nargs="+", type=float, default=list(DEFAULT_DENSITIES),
                         help="active fractions for ssvi, static and posthoc")
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ..., N-1)")

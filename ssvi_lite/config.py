@@ -1,40 +1,43 @@
-"""Run configuration: one dataclass, two named presets, and the seeding helper.
+"""Run configuration: one dataclass, two named presets, the seeding helper and the command-line
+flags generated from the dataclass (notebook 01_dense_vi introduces the presets).
 
 Every knob of a run lives in :class:`TrainConfig`; ``make_config("kit", density=0.1)`` starts from a
-preset and overrides fields. Validation happens here, at the boundary, so that a bad value fails
-with a message naming it instead of deep inside torch (notebook 01 introduces the presets).
+preset, applies the method's own defaults (``ssvi_lite.methods``, e.g. dense VI trains at density
+1) wherever the caller did not set the field, and validates everything at the boundary, so that a
+bad value fails with a message naming it instead of deep inside torch. ``cfg.replace(method=...)``
+applies the new method's defaults likewise.
 
-Presets (method.md §3):
+Presets (docs/method.md §3):
 - ``paper``: the reference ResNet-18/CIFAR recipe — SGD momentum 0.9, lr 0.01 for μ/BN/biases with
   weight decay 5e-4, ρ lr 0.01 without decay, cosine LR, batch 128, 200 epochs, μ ~ N(0, 0.01²),
   σ ~ |N(6e-4, (5e-4)²)|, prior σ 0.005, κ = 0.01 with warm-up β(e) = min(2e/E, 1), ΔT = 100,
-  first layer dense.
+  first layer dense, random crops and flips.
 - ``kit``: small CPU runs of an MLP/LeNet without BatchNorm — Adam lr 1e-3, Kaiming-normal μ
   (scaled to the active fan-in in sparse layers: subspace.rescale_to_active_fan_in), σ init 1e-3,
   prior σ 0.1, κ = 1 (plain ELBO), no warm-up, ΔT = 20, every layer sparse, 30 epochs.
-  Measured with it (MLP 784-400-400-10, embedded MNIST, seed 0; see README): SSVI at density 0.1
-  stays within 3 points of dense VI and above the static mask.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import json
 import math
 import os
 import random
+import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-CORE_METHODS = ("map", "vi", "ssvi", "static")
-BASELINE_METHODS = ("em_mcmc", "weight_sharing", "turbo_vbi", "posthoc", "svd")
-METHODS = CORE_METHODS + BASELINE_METHODS
 MODELS = ("mlp", "lenet", "resnet18")
 FORWARD_MODES = ("lrt", "sample", "mean")
 MASK_INITS = ("uniform", "erk")
 OPTIMIZERS = ("adam", "sgd")
 MU_INITS = ("kaiming", "normal")
+AUGMENTATIONS = ("none", "crop_flip")
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -51,60 +54,80 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def knob(default: Any, help: str, **meta: Any) -> Any:
+    """A config field with the help text (and optional ``choices``) of its command-line flag."""
+    return field(default=default, metadata={"help": help, **meta})
+
+
 @dataclass
 class TrainConfig:
-    """All settings of one training run. Field names follow method.md's symbols."""
+    """All settings of one training run. Field names follow docs/notation.md."""
 
     # what to train
-    method: str = "ssvi"
-    model: str = "mlp"
-    hidden: tuple[int, ...] = (400, 400)
-    dataset: str = "mnist5k"
-    data_root: str | None = None
-    n_train: int | None = None  # cap on training examples (None: all)
+    method: str = knob("ssvi", "training method (ssvi_lite.methods.REGISTRY)")
+    model: str = knob("mlp", "network", choices=MODELS)
+    hidden: tuple[int, ...] = knob((400, 400), "MLP hidden widths")
+    dataset: str = knob("mnist5k", "dataset name (ssvi_lite.data.DATASETS)")
+    data_root: str | None = knob(None, "folder with real dataset files (see data/README.md)")
+    n_train: int | None = knob(None, "use only this many training examples (default: all)")
+    augment: str = knob("none", "batch augmentation", choices=AUGMENTATIONS)
     # the sparse subspace (density = active fraction = 1 - sparsity)
-    density: float = 0.1
-    mask_init: str = "uniform"
-    first_layer_dense: bool = False
-    removal: str = "snr_abs"
-    addition: str = "grad"
-    update_interval: int = 20  # ΔT, optimiser steps between subspace updates
-    alpha: float = 0.3  # initial swap fraction ζ(0)
-    t_end_fraction: float = 0.75  # updates stop at T_end = t_end_fraction · T_total
+    density: float = knob(0.1, "active fraction of weights, in (0, 1]")
+    mask_init: str = knob("uniform", "initial per-layer densities", choices=MASK_INITS)
+    first_layer_dense: bool = knob(False, "keep the first layer dense")
+    removal: str = knob("snr_abs", "removal score key (ssvi_lite.criteria.REMOVAL_SCORES)")
+    addition: str = knob("grad", "addition score key (ssvi_lite.criteria.ADDITION_SCORES)")
+    update_interval: int = knob(20, "ΔT, optimiser steps between subspace updates")
+    alpha: float = knob(0.3, "ζ(0), the initial swap fraction")
+    t_end_fraction: float = knob(0.75, "updates stop at T_end = this × all steps")
     # the variational family and prior
-    prior_sigma: float = 0.1
-    kl_scale: float = 1.0  # κ
-    kl_warmup: bool = False  # β(e) = min(2e/E, 1)
-    sigma_init: float = 1e-3
-    sigma_init_std: float = 0.0  # σ_init = |N(sigma_init, sigma_init_std²)|
-    mu_init: str = "kaiming"
-    mu_init_std: float = 0.01  # for mu_init="normal"
+    prior_sigma: float = knob(0.1, "s, the prior's standard deviation")
+    kl_scale: float = knob(1.0, "κ, the KL weight (1 = plain ELBO)")
+    kl_warmup: bool = knob(False, "warm-up β(e) = min(2e/E, 1) of the KL weight")
+    sigma_init: float = knob(1e-3, "σ₀, initial posterior standard deviation")
+    sigma_init_std: float = knob(0.0, "σ₀ is drawn as |N(sigma_init, sigma_init_std²)|")
+    mu_init: str = knob("kaiming", "initial μ", choices=MU_INITS)
+    mu_init_std: float = knob(0.01, "std of μ for mu_init=normal")
     # optimisation
-    epochs: int = 30
-    batch_size: int = 128
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    rho_lr: float | None = None  # None: same as lr
-    momentum: float = 0.9
-    weight_decay: float = 0.0  # on μ, BN and biases; never on ρ
-    cosine_lr: bool = False
+    epochs: int = knob(30, "training epochs")
+    batch_size: int = knob(128, "minibatch size")
+    optimizer: str = knob("adam", "optimiser", choices=OPTIMIZERS)
+    lr: float = knob(1e-3, "learning rate (μ, biases, BN; and ρ unless rho_lr is set)")
+    rho_lr: float | None = knob(None, "learning rate of ρ (default: lr)")
+    momentum: float = knob(0.9, "SGD momentum")
+    weight_decay: float = knob(0.0, "weight decay of μ, biases and BN (never ρ)")
+    cosine_lr: bool = knob(False, "cosine learning-rate schedule over the epochs")
     # evaluation
-    n_eval_samples: int = 10  # K posterior samples
-    val_fraction: float = 0.1
+    n_eval_samples: int = knob(10, "K, posterior samples of the predictive")
+    val_fraction: float = knob(0.1, "fraction of the data held out for validation")
     # bookkeeping
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = False  # bfloat16 autocast of the forward pass (GPU runs)
-    channels_last: bool = False  # NHWC memory layout for conv nets (GPU runs)
-    progress: bool = True
-    method_options: dict[str, Any] = field(default_factory=dict)
+    seed: int = knob(0, "random seed (data split, init, batches, noise)")
+    device: str = knob("auto", "auto, cpu, cuda or cuda:N")
+    amp: bool = knob(False, "bfloat16 autocast of the forward pass (GPU runs)")
+    channels_last: bool = knob(False, "NHWC memory layout for conv nets (GPU runs)")
+    progress: bool = knob(True, "show progress bars")
+    preset: str = knob("kit", "the preset this config started from")
+    method_options: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "a method's own options (repeat --option KEY=VALUE)"})
 
     def __post_init__(self) -> None:
-        self.hidden = tuple(int(h) for h in self.hidden)
+        self.hidden = _int_tuple("hidden", self.hidden)
         validate(self)
 
     def replace(self, **changes: Any) -> TrainConfig:
-        """A copy with some fields changed (validated again)."""
+        """A copy with some fields changed (validated again).
+
+        Switching the method applies the new method's defaults (and puts back the preset's value
+        of fields only the old method set) unless this call gives those fields, and drops the old
+        method's options: ``vi_cfg.replace(method="em_mcmc")`` runs EM-MCMC at its own step size.
+        """
+        new_method = changes.get("method", self.method)
+        if new_method != self.method:
+            changes.setdefault("method_options", {})
+            old, new = method_defaults(self.preset, self.method), method_defaults(self.preset,
+                                                                                  new_method)
+            for key in set(old) | set(new):
+                changes.setdefault(key, _default(self.preset, key, new))
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -113,7 +136,19 @@ class TrainConfig:
         return out
 
 
-def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _int_tuple(name: str, value: Any) -> tuple[int, ...]:
+    ok = isinstance(value, (tuple, list)) and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value)
+    if not ok:
+        raise ValueError(f"{name}={value!r} must be a list of whole numbers (e.g. 400 400)")
+    return tuple(value)
+
+
+# ----------------------------------------------------------------------------- validation
+def _choice(name: str, value: Any, allowed: Sequence[str]) -> None:
     if value not in allowed:
         raise ValueError(f"{name}={value!r} is not known; choose one of {', '.join(allowed)}")
 
@@ -141,41 +176,49 @@ def validate_density(density: Any) -> float:
 
 def validate(cfg: TrainConfig) -> None:
     """Check every field of ``cfg``; raise ValueError naming the first bad one."""
-    from .criteria import check_addition_key, check_removal_key  # criteria imports nothing heavy
+    from .criteria import check_addition_key, check_removal_key
+    from .methods import get_method
 
-    _choice("method", cfg.method, METHODS)
-    _choice("model", cfg.model, MODELS)
-    _choice("mask_init", cfg.mask_init, MASK_INITS)
-    _choice("optimizer", cfg.optimizer, OPTIMIZERS)
-    _choice("mu_init", cfg.mu_init, MU_INITS)
+    method = get_method(cfg.method)
+    for name, allowed in (("model", MODELS), ("mask_init", MASK_INITS), ("preset", PRESETS),
+                          ("optimizer", OPTIMIZERS), ("mu_init", MU_INITS),
+                          ("augment", AUGMENTATIONS)):
+        _choice(name, getattr(cfg, name), tuple(allowed))
     validate_density(cfg.density)
+    if method.density != "target" and cfg.density != 1.0:
+        what = "trains dense" if method.density == "dense" else "reaches a density of its own"
+        raise ValueError(f"method {cfg.method!r} {what} and needs density=1, "
+                         f"got density={cfg.density!r}")
     check_removal_key(cfg.removal)
     check_addition_key(cfg.addition)
-    for name in ("update_interval", "epochs", "batch_size", "n_eval_samples"):
-        _positive(name, getattr(cfg, name), integer=True)
+    for name in ("update_interval", "epochs", "batch_size", "n_eval_samples", "seed"):
+        _positive(name, getattr(cfg, name), integer=True, zero_ok=name == "seed")
     for name in ("prior_sigma", "sigma_init", "lr"):
         _positive(name, getattr(cfg, name))
     for name in ("kl_scale", "alpha", "weight_decay", "sigma_init_std", "mu_init_std", "momentum"):
         _positive(name, getattr(cfg, name), zero_ok=True)
-    if cfg.rho_lr is not None:
-        _positive("rho_lr", cfg.rho_lr)
-    if cfg.n_train is not None:
-        _positive("n_train", cfg.n_train, integer=True)
+    for name, integer in (("rho_lr", False), ("n_train", True)):
+        if getattr(cfg, name) is not None:
+            _positive(name, getattr(cfg, name), integer=integer)
+    _check_ranges(cfg)
+    method.parse_options(cfg.method_options)
+
+
+def _check_ranges(cfg: TrainConfig) -> None:
     if not 0.0 < cfg.t_end_fraction <= 1.0:
         raise ValueError(f"t_end_fraction={cfg.t_end_fraction!r} must lie in (0, 1]")
     if not 0.0 <= cfg.alpha <= 1.0:
         raise ValueError(f"alpha={cfg.alpha!r} (initial swap fraction) must lie in [0, 1]")
     if not 0.0 <= cfg.val_fraction < 0.5:
         raise ValueError(f"val_fraction={cfg.val_fraction!r} must lie in [0, 0.5)")
-    if cfg.method == "vi" and cfg.density != 1.0:
-        raise ValueError(f"method='vi' is dense VI and needs density=1, "
-                         f"got density={cfg.density!r}")
     if cfg.device not in ("auto", "cpu") and not str(cfg.device).startswith("cuda"):
         raise ValueError(f"device={cfg.device!r} is not known; choose auto, cpu, cuda or cuda:N")
-    if not all(h > 0 for h in cfg.hidden):
-        raise ValueError(f"hidden={cfg.hidden!r}: every hidden width must be a positive integer")
+    if not cfg.hidden or not all(h > 0 for h in cfg.hidden):
+        raise ValueError(f"hidden={cfg.hidden!r}: give at least one hidden width, each a "
+                         "positive integer")
 
 
+# ----------------------------------------------------------------------------- presets
 PRESETS: dict[str, dict[str, Any]] = {
     "kit": dict(
         model="mlp", hidden=(400, 400), optimizer="adam", lr=1e-3, prior_sigma=0.1, kl_scale=1.0,
@@ -188,19 +231,108 @@ PRESETS: dict[str, dict[str, Any]] = {
         weight_decay=5e-4, cosine_lr=True, prior_sigma=0.005, kl_scale=0.01, kl_warmup=True,
         sigma_init=6e-4, sigma_init_std=5e-4, mu_init="normal", mu_init_std=0.01, batch_size=128,
         epochs=200, update_interval=100, alpha=0.3, t_end_fraction=0.75, first_layer_dense=True,
-        removal="snr_abs", addition="grad", n_eval_samples=30,
+        removal="snr_abs", addition="grad", n_eval_samples=30, augment="crop_flip",
     ),
 }
 
 
-def make_config(preset: str = "kit", **overrides: Any) -> TrainConfig:
-    """Build a :class:`TrainConfig` from a named preset plus field overrides.
+def method_defaults(preset: str, method: str) -> dict[str, Any]:
+    """The config fields that ``method`` sets by default: density 1 unless it targets a density,
+    and its registry record's ``defaults``."""
+    from .methods import get_method
 
-    >>> make_config("kit", method="vi", density=1.0).optimizer
-    'adam'
+    _choice("preset", preset, tuple(PRESETS))
+    record = get_method(method)
+    return {**({"density": 1.0} if record.density != "target" else {}), **record.defaults}
+
+
+def _default(preset: str, key: str, method_default: dict[str, Any]) -> Any:
+    """What ``key`` is when nobody sets it: the method's default, else the preset's, else the
+    dataclass field's."""
+    if key in method_default:
+        return method_default[key]
+    if key in PRESETS[preset]:
+        return PRESETS[preset][key]
+    spec = FIELDS[key]
+    return spec.default_factory() if spec.default is dataclasses.MISSING else spec.default
+
+
+def make_config(preset: str = "kit", **overrides: Any) -> TrainConfig:
+    """Build a :class:`TrainConfig` from a named preset, the method's defaults and overrides.
+
+    >>> make_config("kit", method="vi").density
+    1.0
     """
     _choice("preset", preset, tuple(PRESETS))
-    unknown = set(overrides) - {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = set(overrides) - set(FIELDS)
     if unknown:
         raise ValueError(f"unknown config field(s) {sorted(unknown)}; see TrainConfig for the list")
-    return TrainConfig(**{**PRESETS[preset], **overrides})
+    method = overrides.get("method", PRESETS[preset].get("method", FIELDS["method"].default))
+    fields = {**PRESETS[preset], **method_defaults(preset, method), **overrides, "preset": preset}
+    return TrainConfig(**fields)
+
+
+# ----------------------------------------------------------------------------- command-line flags
+def add_config_flags(parser: argparse.ArgumentParser, axes: Sequence[str] = (),
+                     skip: Sequence[str] = ()) -> None:
+    """One ``--flag`` per config field (default None: the preset's value), generated from the
+    dataclass; fields named in ``axes`` become plural list flags (``--densities 0.1 0.05``) for
+    sweeps. ``--preset`` and ``--option KEY=VALUE`` are added too."""
+    from .methods import NAMES
+
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="kit")
+    for name, spec in FIELDS.items():
+        if name in ("preset", "method_options") or name in skip:
+            continue
+        kind, nargs = _flag_type(spec)
+        choices = NAMES if name == "method" else spec.metadata.get("choices")
+        flag, dest = f"--{name.replace('_', '-')}", name
+        if name in axes:
+            flag, dest, nargs = f"--{PLURAL.get(name, name + 's').replace('_', '-')}", name, "+"
+        extra: dict[str, Any] = {"action": argparse.BooleanOptionalAction} if kind is bool else {
+            "type": kind, "nargs": nargs, "choices": choices}
+        parser.add_argument(flag, dest=dest, default=None, help=spec.metadata["help"], **extra)
+    parser.add_argument("--option", action="append", metavar="KEY=VALUE", dest="method_options",
+                        help=FIELDS["method_options"].metadata["help"] + ", e.g. n_cycles=4")
+
+
+PLURAL = {"density": "densities", "addition": "additions", "removal": "removals"}
+
+
+def _flag_type(spec: dataclasses.Field) -> tuple[Any, Any]:
+    """(argparse type, nargs) of a field from its annotation."""
+    hint = typing.get_type_hints(TrainConfig)[spec.name]
+    if typing.get_origin(hint) is tuple:
+        return int, "+"
+    args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    return args[0], None
+
+
+def overrides_from_flags(args: argparse.Namespace, axes: Sequence[str] = ()) -> dict[str, Any]:
+    """The config fields given on the command line (axes excluded), ready for make_config."""
+    out = {name: getattr(args, name) for name in FIELDS
+           if name not in axes and getattr(args, name, None) is not None
+           and name not in ("preset", "method_options")}
+    if "hidden" in out:
+        out["hidden"] = tuple(out["hidden"])
+    if getattr(args, "method_options", None):
+        out["method_options"] = parse_method_options(args.method_options)
+    return out
+
+
+def parse_method_options(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["n_cycles=4", "temperature=null"]`` -> ``{"n_cycles": 4, "temperature": None}``.
+
+    A value is read as JSON where it is JSON (numbers, true/false, null, lists), else as text; the
+    method checks keys and types against its options (valid keys listed on error).
+    """
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--option {pair!r} is not KEY=VALUE (e.g. --option n_cycles=4)")
+        try:
+            options[key] = json.loads(text)
+        except json.JSONDecodeError:
+            options[key] = text
+    return options

@@ -93,10 +93,16 @@ def training_flops(costs: list[LayerCost], n_steps: int, batch: int,
     return (n_steps - n_updates) * 3 * f_sparse + n_updates * (2 * f_sparse + f_dense)
 
 
+def dense_vi_training_flops(costs: list[LayerCost], n_examples: int) -> float:
+    """FLOPs of dense VI training over ``n_examples`` example-steps (epochs × N_train): every step
+    3 × the dense LRT forward (the reference of every ``train_flops_ratio``)."""
+    return 3.0 * n_examples * forward_flops(costs, 1, dense=True)
+
+
 def training_flops_ratio(costs: list[LayerCost], n_steps: int, batch: int,
                          schedule: SwapSchedule | None = None) -> float:
     """Training FLOPs of this (sparse) run divided by dense VI over the same steps."""
-    dense = 3 * n_steps * forward_flops(costs, batch, dense=True)
+    dense = dense_vi_training_flops(costs, n_steps * batch)
     return training_flops(costs, n_steps, batch, schedule) / dense
 
 

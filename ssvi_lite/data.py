@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import warnings
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -327,6 +327,17 @@ def cifar_augment(x: Tensor, generator: torch.Generator | None = None) -> Tensor
     offsets = torch.randint(0, 9, (2, len(x)), generator=generator)
     flip = torch.rand(len(x), generator=generator) < 0.5
     return crop_flip(x, offsets[0], offsets[1], flip)
+
+
+AUGMENTATIONS = ("none", "crop_flip")  # TrainConfig.augment
+
+
+def augmenter(name: str) -> Callable[[Tensor, torch.Generator | None], Tensor]:
+    """The batch augmentation called ``name`` (TrainConfig.augment): ``crop_flip`` is
+    :func:`cifar_augment` (the paper preset's CIFAR recipe; digits should not be mirrored)."""
+    if name == "crop_flip":
+        return cifar_augment
+    raise ValueError(f"augment={name!r} is not known; choose one of {', '.join(AUGMENTATIONS)}")
 
 
 # ----------------------------------------------------------------------------- OOD sets

@@ -85,3 +85,26 @@ def noise_rows(model: nn.Module, rows: tuple[int, int, int] | None) -> Iterator[
     finally:
         for layer in layers:
             layer.batch_rows = None
+
+
+# ----------------------------------------------------------------------------- the loss arithmetic
+def global_mean(part: Tensor) -> Tensor:
+    """This rank's share of the global-batch mean, times the world size: DDP averages gradients
+    over ranks (÷ world), so the update then equals one process on the whole batch."""
+    return part * world()[1]
+
+
+def local_sums(nll_part: Tensor, reg: Tensor, logits: Tensor, y: Tensor, n: int) -> Tensor:
+    """This rank's contribution to (Σ nll·n, Σ reg·n, correct, n) of an epoch; ``nll_part`` is
+    its share of the global-batch mean CE, ``n`` the global batch size."""
+    size = world()[1]
+    return torch.tensor([nll_part.item() * n, reg.item() * n / size,
+                         (logits.argmax(-1) == y).sum().item(), n / size], dtype=torch.float64)
+
+
+def finish_sums(sums: Tensor) -> Tensor:
+    """Sum the epoch's running sums over ranks and divide by the example count: (mean nll, mean
+    regulariser, accuracy, 1)."""
+    if world()[1] > 1:
+        dist.all_reduce(sums)
+    return sums / sums[3]

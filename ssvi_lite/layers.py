@@ -48,10 +48,11 @@ class _MeanFieldLayer(nn.Module):
         self.register_buffer("mask", torch.ones(weight_shape, dtype=torch.bool))
         self.prior_sigma = float(prior_sigma)
         self.mode = "lrt"
-        self.sparse = False  # set by subspace.init_masks: does the SSVI schedule swap this layer?
-        self.capture_dense_grad = False  # set by the trainer on subspace-update steps
+        # written by one module each: subspace.capture_dense_grads (on subspace-update steps) and
+        # distributed.noise_rows (the rows of this rank in the global batch)
+        self.capture_dense_grad = False
         self.dense_grad: Tensor | None = None  # ∂CE/∂(μ⊙m), dense, captured on such steps
-        self.batch_rows: tuple[int, int, int] | None = None  # set by distributed.noise_rows
+        self.batch_rows: tuple[int, int, int] | None = None
         nn.init.kaiming_normal_(self.mu, nonlinearity="relu")
         with torch.no_grad():
             self.rho.fill_(float(softplus_inverse(torch.tensor(sigma_init))))

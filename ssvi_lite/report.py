@@ -21,8 +21,8 @@ from typing import Any
 
 import pandas as pd
 
-from .config import METHODS
 from .fileio import atomic_path
+from .methods import NAMES
 from .sweep import DENSITY_FREE, USES_REMOVAL
 
 GROUP_KEYS = ("dataset", "model", "label", "target_density")
@@ -107,7 +107,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     out.insert(0, "n_seeds", grouped.size())
     out.insert(0, "method", grouped["method"].first())
     out = out.reset_index()
-    order = {m: i for i, m in enumerate(METHODS)}
+    order = {m: i for i, m in enumerate(NAMES)}
     out["_rank"] = out["method"].map(lambda m: order.get(m, len(order)))
     out = out.sort_values(["dataset", "model", "_rank", "label", "target_density"],
                           ascending=[True, True, True, True, False], kind="stable")

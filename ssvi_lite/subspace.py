@@ -1,5 +1,5 @@
 """The sparse subspace: initial masks and the alternating removal/addition schedule
-(method.md §4–5).
+(docs/method.md §4–5).
 
 Notebooks 02_mask_initialization (masks) and 04_gradient_addition (updates) introduce these.
 
@@ -66,11 +66,11 @@ def layer_densities(layers: list[MeanFieldLayer], density: float, method: str = 
 def init_masks(model: nn.Module, density: float, method: str = "uniform",
                first_layer_dense: bool = False, generator: torch.Generator | None = None
                ) -> list[float]:
-    """Draw a random support for every mean-field layer of ``model`` in place (method.md §4).
+    """Draw a random support for every mean-field layer of ``model`` in place (docs/method.md §4).
 
     Layer l gets exactly n_l − round((1 − d_l)·n_l) active entries, chosen uniformly at random;
-    μ is zeroed where the mask is off. Layers with d_l < 1 are flagged ``sparse`` (the schedule
-    swaps them). Returns the per-layer densities.
+    μ is zeroed where the mask is off. Returns the per-layer densities. (The SSVI schedule swaps
+    the layers left below density 1: :func:`swappable_layers`.)
     """
     layers = [layer for _, layer in mean_field_layers(model)]
     if not layers:
@@ -87,7 +87,6 @@ def init_masks(model: nn.Module, density: float, method: str = "uniform",
         with torch.no_grad():
             layer.mask.copy_(mask.view_as(layer.mask))
             layer.mu.masked_fill_(~layer.mask, 0.0)
-        layer.sparse = n_active < n
     return [layer.n_active / layer.n_weights for layer in layers]
 
 
@@ -124,7 +123,7 @@ def enforce_masks(model: nn.Module) -> None:
 # ----------------------------------------------------------------------------- the schedule
 @dataclass(frozen=True)
 class SwapSchedule:
-    """When to update the subspace and how much to swap (method.md §5)."""
+    """When to update the subspace and how much to swap (docs/method.md §5)."""
 
     total_steps: int
     interval: int = 100  # ΔT
@@ -175,7 +174,7 @@ def swap_layer(layer: MeanFieldLayer, n_swap: int, removal: str, addition: str
     active = layer.mask
     if layer.dense_grad is None and addition == "grad":
         raise RuntimeError("the 'grad' addition score needs the dense gradient of this batch; "
-                           "set capture_dense_grad and run backward first")
+                           "call capture_dense_grads(layers, True) and run backward first")
     with torch.no_grad():
         scores = torch.full_like(layer.mu, -math.inf)  # only active weights are scored
         scores[active] = removal_score(removal, layer.mu[active], layer.sigma[active])
@@ -211,17 +210,30 @@ def reset_optimizer_state(optimizer: torch.optim.Optimizer, param: Tensor, entri
             value[entries] = 0
 
 
+def swappable_layers(model: nn.Module) -> list[tuple[str, MeanFieldLayer]]:
+    """The layers an SSVI update swaps: every mean-field layer below density 1 (a dense layer,
+    e.g. the first one with ``first_layer_dense``, keeps its support)."""
+    return [(n, layer) for n, layer in mean_field_layers(model) if layer.n_active < layer.n_weights]
+
+
+def capture_dense_grads(layers: list[MeanFieldLayer], on: bool) -> None:
+    """Switch the capture of ∂CE/∂(μ⊙m) (dense, inactive entries included) on or off for the next
+    backward pass of ``layers``, and drop any gradient kept from before (the only writer of the
+    layers' capture state)."""
+    for layer in layers:
+        layer.capture_dense_grad, layer.dense_grad = on, None
+
+
 def update_subspace(model: nn.Module, zeta: float, removal: str, addition: str,
                     optimizer: torch.optim.Optimizer | None = None) -> list[LayerSwap]:
-    """One subspace update of every sparse layer (method.md §5); returns what each layer did.
+    """One subspace update of every swappable layer (docs/method.md §5); returns what each layer
+    did.
 
     Under torch.distributed the dense gradients are averaged over ranks and rank 0's decisions are
     broadcast, so every rank installs the identical support.
     """
     record = []
-    for name, layer in mean_field_layers(model):
-        if not layer.sparse:
-            continue
+    for name, layer in swappable_layers(model):
         n_swap = math.floor(zeta * layer.n_active)
         if _distributed() and layer.dense_grad is not None:
             dist.all_reduce(layer.dense_grad)

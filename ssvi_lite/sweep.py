@@ -37,14 +37,16 @@ from typing import Any
 import pandas as pd
 import torch
 
-from .config import METHODS, PRESETS, TrainConfig, make_config
+from .config import PRESETS, TrainConfig, make_config
 from .fileio import atomic_path, write_json
+from .methods import NAMES, REGISTRY
 
 # Fields that do not change what a run computes: left out of the run id.
 NOT_IN_RUN_ID = ("device", "progress", "data_root")
-DENSE_ONLY = ("map", "vi")  # always trained at density 1
-DENSITY_FREE = ("em_mcmc", "turbo_vbi", "svd", "weight_sharing")  # reach a density of their own
-USES_REMOVAL = ("ssvi", "posthoc")  # the other methods ignore removal/addition
+# traits of the methods, read from the registry
+DENSE_ONLY = tuple(n for n, m in REGISTRY.items() if m.density == "dense")  # always density 1
+DENSITY_FREE = tuple(n for n, m in REGISTRY.items() if m.density == "own")  # their own density
+USES_REMOVAL = tuple(n for n, m in REGISTRY.items() if m.uses_removal)  # the rest ignore the scores
 TABLE_FIRST = ("run_id", "status", "method", "dataset", "model", "target_density", "density",
                "removal", "addition", "seed", "accuracy", "nll", "ece", "brier")
 
@@ -100,8 +102,8 @@ def expand_grid(base: TrainConfig, **axes: Sequence[Any]) -> list[TrainConfig]:
     out: dict[str, TrainConfig] = {}
     for combo in itertools.product(*axes.values()):
         overrides = dict(zip(axes, combo))
-        if overrides.get("method", base.method) in DENSE_ONLY:
-            overrides["density"] = 1.0  # before replace(): TrainConfig rejects vi below 1
+        if overrides.get("method", base.method) in DENSE_ONLY + DENSITY_FREE:
+            overrides["density"] = 1.0  # before replace(): TrainConfig rejects them below 1
         cfg = canonical(base.replace(**overrides))
         out.setdefault(run_id(cfg), cfg)
     return list(out.values())
@@ -121,15 +123,13 @@ def run_worker(config_path: str | Path, json_path: str | Path,
                checkpoint: str | Path | None = None) -> None:
     """Train one configuration (read from ``config_path``) and write its results row atomically.
 
-    This is what each sweep process executes. Core methods write a checkpoint after every epoch
-    and resume from it when it exists; it is deleted once the row is written.
+    This is what each sweep process executes. Every method writes a checkpoint after every epoch
+    and resumes from it when it exists; it is deleted once the row is written.
     """
-    from .experiment import CORE, method_module, run
+    from .experiment import run
 
     cfg = config_from_dict(json.loads(Path(config_path).read_text()))
     ckpt = Path(checkpoint) if checkpoint is not None else None
-    if method_module(cfg.method) is not CORE:
-        ckpt = None  # the baselines have no checkpoint support
     resume = ckpt is not None and ckpt.is_file()
     result = run(cfg, checkpoint=ckpt, resume=resume)
     row = {"run_id": run_id(cfg), "status": "ok", **result.row,
@@ -370,9 +370,9 @@ def results_table(configs: Sequence[TrainConfig], out_dir: str | Path) -> pd.Dat
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``python -m ssvi_lite sweep``: methods × removals × densities × seeds, one process each."""
     parser.add_argument("--preset", choices=sorted(PRESETS), default="kit")
-    parser.add_argument("--methods", nargs="+", default=["ssvi"], choices=METHODS,
+    parser.add_argument("--methods", nargs="+", default=["ssvi"], choices=NAMES,
                         metavar="METHOD",
-                        help=f"any of {', '.join(METHODS)}")
+                        help=f"any of {', '.join(NAMES)}")
     parser.add_argument("--removals", nargs="+", default=None,
                         help="removal score keys (default: the preset's)")
     parser.add_argument("--additions", nargs="+", default=None, help="addition score keys")

@@ -34,8 +34,9 @@ from .criteria import EXP_ABS_LAMBDA, REMOVAL_SCORES, check_removal_key, top_k_m
 from .data import DataSplits
 from .experiment import prepare_model
 from .methods.posthoc import prune_to_density
+from .predict import predict_proba
 from .subspace import model_density
-from .train import fit, predict_proba
+from .train import fit
 
 N_BINS = 15  # reliability bins shown by every widget (method.md §9)
 LAMBDA_SCORES = ("mean_exp_abs", "snr_exp_abs")  # scores with a λ (method.md §6)

@@ -112,6 +112,30 @@ class Codebook(nn.Module):
             self.register_buffer(name, value.clone())
         self.n_merged = 0
 
+    PARAMETERS = ("centre_z", "chol_raw", "out_mu", "out_rho")
+    INDEX_BUFFERS = ("labels", "ell_k", "inverse")  # int64; the other buffers are float
+
+    @classmethod
+    def empty(cls, shapes: dict[str, list[int]]) -> Codebook:
+        """A codebook of the given tensor shapes (by state-dict name), values zero: what a saved
+        one (``load_state_dict``) is loaded into."""
+        book = cls.__new__(cls)
+        nn.Module.__init__(book)
+        for name, shape in shapes.items():
+            if name in cls.PARAMETERS:
+                book.register_parameter(name, nn.Parameter(torch.zeros(shape)))
+            else:
+                dtype = torch.long if name in cls.INDEX_BUFFERS else torch.get_default_dtype()
+                book.register_buffer(name, torch.zeros(shape, dtype=dtype))
+        book.n_merged = 0
+        return book
+
+    def get_extra_state(self) -> dict[str, int]:
+        return {"n_merged": self.n_merged}
+
+    def set_extra_state(self, state: dict[str, int]) -> None:
+        self.n_merged = int(state["n_merged"])
+
     @property
     def n_clusters(self) -> int:
         return len(self.centre_z)

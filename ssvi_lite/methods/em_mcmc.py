@@ -1,7 +1,7 @@
 """EM-MCMC: preconditioned SGHMC with a spike-and-slab group prior that prunes in one shot.
 
 Paper: Ke & Fan, "On the optimization and pruning for Bayesian deep learning", arXiv 2210.12957
-(seed_systems.md §A; notebook 06_sparse_bnn_zoo). Idea: adaptive VB with a Gaussian of scale
+(docs/baselines.md §A; notebook 06_sparse_bnn_zoo). Idea: adaptive VB with a Gaussian of scale
 T·C^{1.5}·τ is the same as SGHMC with a learned per-weight preconditioner τ; an EM step inside
 the sampler, under a spike-and-slab prior on groups of weights, decides which groups to shrink
 (spike) and which to delete for good.
@@ -32,9 +32,10 @@ Departures from the authors' code, and why:
 - A snapshot due at the last step of an epoch is taken after that epoch's EM step, so the final
   snapshot carries the final hard mask.
 - Validation during training uses the current sampler state (one network), not the ensemble.
-- Step size and decays: C0² = ``lr_max`` = 0.5 (cfg.lr is Adam's 1e-3 and does not fit an SGD-like
-  step; with τ ≈ ½ the effective peak step is 0.25), ε1 = 5e-4, ε0 = 0.5 (a spike group crosses
-  the hard threshold within about one epoch). With T = 1/N the injected noise is tiny
+- Step size and decays: C0² = ``cfg.lr``, which the method sets to 0.5 by default (its registry
+  record; the kit preset's 1e-3 is Adam's and does not fit an SGD-like step; with τ ≈ ½ the
+  effective peak step is 0.25), ε1 = 5e-4, ε0 = 0.5 (a spike group crosses the hard threshold
+  within about one epoch). With T = 1/N the injected noise is tiny
   (≈1e-4 per step at the peak) and τ drifts only from 0.500 to 0.512 over 30 epochs: at this
   scale the sampler behaves like SGD with momentum 0.1, as the formulas say.
 - ``predict_proba`` ignores ``n_samples``: the posterior samples are the K snapshots.
@@ -45,33 +46,29 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from dataclasses import dataclass
 from typing import Any
 
-import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .. import metrics
 from ..config import TrainConfig
 from ..costs import BYTES_PER_FLOAT, forward_flops, layer_costs
-from ..data import DataSplits, iterate_batches
+from ..data import DataSplits
+from ..loop import Run, Stage, Stepper
 from ..models import build_model
-from ..train import resolve_device
-from . import make_options
+from . import Method
 
 
 @dataclass
 class EMMCMCOptions:
-    """Hyper-parameters of EM-MCMC (``cfg.method_options``); symbols as in the module docstring."""
+    """Hyper-parameters of EM-MCMC (``cfg.method_options``); symbols as in the module docstring.
+    The peak step size C0² is ``cfg.lr``."""
 
     n_cycles: int = 3  # M
     em_start_cycle: int = 2  # EM once per epoch from this cycle on (1-based)
     first_snapshot_cycle: int | None = None  # None: em_start_cycle
-    lr_max: float = 0.5  # C0², the peak step size
     temperature: float | None = None  # T; None: 1/N
     beta1: float = 0.1
     beta2: float = 1.0
@@ -81,29 +78,25 @@ class EMMCMCOptions:
     soft_quantile: float = 0.5
     hard_quantile: float = 0.2
 
-
-def options(cfg: TrainConfig) -> EMMCMCOptions:
-    """``EMMCMCOptions`` from ``cfg.method_options``; unknown keys or bad values: ValueError."""
-    opts = make_options(EMMCMCOptions, cfg.method_options, "em_mcmc")
-    if opts.first_snapshot_cycle is None:
-        opts.first_snapshot_cycle = opts.em_start_cycle
-    for name in ("n_cycles", "em_start_cycle", "first_snapshot_cycle"):
-        value = getattr(opts, name)
-        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value:
-            raise ValueError(f"em_mcmc option {name}={value!r} must be a positive integer")
-        if value > opts.n_cycles and name != "n_cycles":
-            raise ValueError(f"em_mcmc option {name}={value!r} exceeds n_cycles={opts.n_cycles}")
-    for name in ("lr_max", "eta", "beta2", "spike_decay"):
-        if not getattr(opts, name) > 0:
-            raise ValueError(f"em_mcmc option {name}={getattr(opts, name)!r} must be positive")
-    if not (0 <= opts.beta1 < 1 and opts.slab_decay >= 0):
-        raise ValueError(f"em_mcmc needs 0 ≤ beta1 < 1 and slab_decay ≥ 0, got {opts}")
-    if opts.temperature is not None and not opts.temperature > 0:
-        raise ValueError(f"em_mcmc option temperature={opts.temperature!r} must be positive")
-    if not 0 <= opts.hard_quantile <= opts.soft_quantile <= 1:
-        raise ValueError(f"em_mcmc needs 0 ≤ hard_quantile ≤ soft_quantile ≤ 1, got "
-                         f"{opts.hard_quantile!r}, {opts.soft_quantile!r}")
-    return opts
+    def __post_init__(self) -> None:
+        if self.first_snapshot_cycle is None:
+            self.first_snapshot_cycle = self.em_start_cycle
+        for name in ("n_cycles", "em_start_cycle", "first_snapshot_cycle"):
+            value = getattr(self, name)
+            if value < 1 or (name != "n_cycles" and value > self.n_cycles):
+                raise ValueError(f"em_mcmc option {name}={value!r} must be an integer in "
+                                 f"1..n_cycles={self.n_cycles}")
+        for name in ("eta", "beta2", "spike_decay"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"em_mcmc option {name}={getattr(self, name)!r} must be positive")
+        if not (0 <= self.beta1 < 1 and self.slab_decay >= 0):
+            raise ValueError(f"em_mcmc needs 0 ≤ beta1 < 1 and slab_decay ≥ 0, got "
+                             f"{self.beta1!r}, {self.slab_decay!r}")
+        if self.temperature is not None and not self.temperature > 0:
+            raise ValueError(f"em_mcmc option temperature={self.temperature!r} must be positive")
+        if not 0 <= self.hard_quantile <= self.soft_quantile <= 1:
+            raise ValueError(f"em_mcmc needs 0 ≤ hard_quantile ≤ soft_quantile ≤ 1, got "
+                             f"{self.hard_quantile!r}, {self.soft_quantile!r}")
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -140,6 +133,19 @@ class PreconditionedSGHMC(torch.optim.Optimizer):
                 self.state[p].update(momentum=torch.zeros_like(p), rho=torch.zeros_like(p),
                                      xi=torch.zeros_like(p), mask=None,
                                      decay=torch.full((), float(decay), device=p.device))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The optimiser's state plus the noise generator's (a resumed run draws the same)."""
+        state = super().state_dict()
+        state["generator"] = self.generator.get_state() if self.generator is not None else None
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state = dict(state_dict)
+        generator = state.pop("generator", None)
+        super().load_state_dict(state)
+        if generator is not None and self.generator is not None:
+            self.generator.set_state(generator)
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> None:
@@ -215,6 +221,15 @@ class EMMCMCNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
+    def get_extra_state(self) -> dict[str, Any]:
+        """Thresholds and snapshots travel with the state dict (checkpoints, resume)."""
+        return {"thresholds": [list(t) for t in self.thresholds or []],
+                "snapshots": list(self.snapshots)}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.thresholds = [tuple(t) for t in state["thresholds"]] or None
+        self.snapshots = list(state["snapshots"])
+
 
 def em_step(model: EMMCMCNet, sampler: PreconditionedSGHMC) -> int:
     """E-step: spike where q_g < soft, hard-prune where q_g < hard; M-step: set λ per group.
@@ -246,10 +261,10 @@ def em_step(model: EMMCMCNet, sampler: PreconditionedSGHMC) -> int:
     return newly
 
 
-# ----------------------------------------------------------------------------- the four verbs
+# ----------------------------------------------------------------------------- the verbs
 def build(cfg: TrainConfig, data: DataSplits, generator: torch.Generator) -> nn.Module:
     """The deterministic ``cfg.model`` (Kaiming init) wrapped with EM-MCMC's group state."""
-    opts = options(cfg)
+    opts = METHOD.parse_options(cfg.method_options)
     net = build_model(cfg.replace(method="map"), data.input_shape, data.n_classes, generator)
     return EMMCMCNet(net, opts, data.input_shape)
 
@@ -263,81 +278,75 @@ def _active_costs(model: EMMCMCNet, input_shape: tuple[int, ...]) -> list:
     return out
 
 
-def _val_row(model: EMMCMCNet, data: DataSplits) -> dict[str, float]:
-    model.eval()
-    with torch.no_grad():
-        probs = _current_proba(model, data.x_val)[None]  # (1, N, C)
-    val = metrics.summarize(probs, data.y_val.cpu())
-    return {"val_acc": val["accuracy"], "val_nll": val["nll"], "val_ece": val["ece"]}
+def _cost(model: nn.Module, data: DataSplits) -> tuple[float, float]:
+    """3 × the deterministic forward of the weights still alive, per example."""
+    per_example = 3 * forward_flops(_active_costs(model, data.input_shape), 1, bayesian=False)
+    return per_example, per_example
 
 
-def fit(model: nn.Module, data: DataSplits, cfg: TrainConfig) -> pd.DataFrame:
-    """Run the sampler for ``cfg.epochs`` epochs; EM from the warm-up's end; snapshot per cycle.
+class CycleStepper(Stepper):
+    """Sets the step size C_t² before each step; after it, takes a snapshot where a cycle ends
+    (from ``first_snapshot_cycle`` on). A snapshot due at an epoch's last step waits for that
+    epoch's EM step, so the final snapshot carries the final hard mask."""
 
-    History per epoch: epoch, nll (train CE mean), train_acc, val_acc/val_nll/val_ece (current
-    net), density (nonzero weights / all), step_size (C_t² at the epoch's end), tau_mean,
-    groups_pruned, n_snapshots, train_flops (3 × forward of the weights still alive, 2·MACs),
-    wall_time_s.
+    def __init__(self, model: EMMCMCNet, cfg: TrainConfig, total: int, per_epoch: int) -> None:
+        self.model, self.cfg, self.total, self.per_epoch = model, cfg, total, per_epoch
+        self.snapshot_due = False
+
+    def begin(self, t: int, optimizer: torch.optim.Optimizer) -> bool:
+        optimizer.param_groups[0]["lr"] = step_size(t, self.total, self.model.opts.n_cycles,
+                                                    self.cfg.lr)
+        return False
+
+    def end(self, t: int, optimizer: torch.optim.Optimizer) -> None:
+        n_cycles = self.model.opts.n_cycles
+        cycle, _ = cycle_position(t, self.total, n_cycles)
+        ends = t + 1 == self.total or cycle_position(t + 1, self.total, n_cycles)[0] != cycle
+        if ends and cycle >= self.model.opts.first_snapshot_cycle:
+            if (t + 1) % self.per_epoch == 0:
+                self.snapshot_due = True
+            else:
+                self.model.snapshots.append(_snapshot(self.model))
+
+
+def stages(model: nn.Module, data: DataSplits, cfg: TrainConfig, **_: Any) -> list[Stage]:
+    """One stage: the sampler for ``cfg.epochs`` epochs, EM after each epoch from the end of the
+    warm-up, a snapshot per cycle; no best-epoch restore (the snapshots are the answer).
+
+    Extra history columns: step_size (C_t² at the epoch's end), tau_mean, groups_pruned,
+    n_snapshots; ``density`` = nonzero weights / all; validation uses the current sampler state.
     """
     if not isinstance(model, EMMCMCNet):
-        raise TypeError(f"em_mcmc.fit needs the model from em_mcmc.build, got "
-                        f"{type(model).__name__}")
-    from tqdm.auto import tqdm
+        raise TypeError(f"em_mcmc needs the model from em_mcmc.build, got {type(model).__name__}")
+    opts, per_epoch = model.opts, math.ceil(data.n_train / cfg.batch_size)
+    total = cfg.epochs * per_epoch
+    stepper = CycleStepper(model, cfg, total, per_epoch)
 
-    opts, device = model.opts, resolve_device(cfg.device)
-    model.to(device)
-    steps_per_epoch = math.ceil(data.n_train / cfg.batch_size)
-    total = cfg.epochs * steps_per_epoch
-    warmup_steps = (opts.em_start_cycle - 1) * total / opts.n_cycles
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    sampler = PreconditionedSGHMC(model.net.parameters(), data.n_train, lr=opts.lr_max,
-                                  temperature=opts.temperature, beta1=opts.beta1, beta2=opts.beta2,
-                                  eta=opts.eta, decay=opts.slab_decay, generator=gen)
-    batch_gen = torch.Generator().manual_seed(cfg.seed)
-    t, flops, wall, rows = 0, 0.0, 0.0, []
-    with tqdm(total=total, desc="em_mcmc", disable=not cfg.progress, leave=False) as bar:
-        for epoch in range(1, cfg.epochs + 1):
-            start, costs = time.perf_counter(), _active_costs(model, data.input_shape)
-            sums, snapshot_due = torch.zeros(3, dtype=torch.float64), False
-            model.train()
-            for i, (xb, yb) in enumerate(iterate_batches(data.x_train, data.y_train, cfg.batch_size,
-                                                         shuffle=True, generator=batch_gen)):
-                xb, yb = xb.to(device), yb.to(device)
-                sampler.param_groups[0]["lr"] = step_size(t, total, opts.n_cycles, opts.lr_max)
-                logits = model(xb)
-                loss = F.cross_entropy(logits, yb)
-                sampler.zero_grad(set_to_none=True)
-                loss.backward()
-                sampler.step()
-                flops += 3 * forward_flops(costs, len(xb), bayesian=False)
-                cycle, _ = cycle_position(t, total, opts.n_cycles)
-                t += 1
-                cycle_ends = t == total or cycle_position(t, total, opts.n_cycles)[0] != cycle
-                if cycle_ends and cycle >= opts.first_snapshot_cycle:
-                    if i == steps_per_epoch - 1:
-                        snapshot_due = True  # after this epoch's EM step
-                    else:
-                        model.snapshots.append(_snapshot(model))
-                sums += torch.tensor([loss.item() * len(yb), (logits.argmax(-1) == yb).sum().item(),
-                                      len(yb)], dtype=torch.float64)
-                bar.update(1)
-            pruned = em_step(model, sampler) if t >= warmup_steps - 1e-9 else 0
-            if snapshot_due:
-                model.snapshots.append(_snapshot(model))
-            wall += time.perf_counter() - start
-            taus = torch.cat([torch.sigmoid(sampler.state[p]["rho"]).flatten()
-                              for p in model.net.parameters()])
-            rows.append({"epoch": epoch, "step": t, "nll": float(sums[0] / sums[2]),
-                         "train_acc": float(sums[1] / sums[2]), **_val_row(model, data),
-                         "density": _density(model), "step_size": sampler.param_groups[0]["lr"],
-                         "tau_mean": float(taus.mean()), "groups_pruned": pruned,
-                         "n_snapshots": len(model.snapshots), "train_flops": flops,
-                         "wall_time_s": wall})
-            bar.set_postfix(val_acc=f"{rows[-1]['val_acc']:.3f}",
-                            density=f"{rows[-1]['density']:.3f}")
-    if not model.snapshots:  # cannot happen with validated options; a guard for hand-made models
-        model.snapshots.append(_snapshot(model))
-    return pd.DataFrame(rows)
+    def sampler(m: nn.Module) -> PreconditionedSGHMC:
+        device = next(m.parameters()).device
+        return PreconditionedSGHMC(m.net.parameters(), data.n_train, lr=cfg.lr,
+                                   temperature=opts.temperature, beta1=opts.beta1,
+                                   beta2=opts.beta2, eta=opts.eta, decay=opts.slab_decay,
+                                   generator=torch.Generator(device=device).manual_seed(cfg.seed))
+
+    def after_epoch(run: Run) -> dict[str, Any]:
+        warm = run.progress.stage_step >= (opts.em_start_cycle - 1) * total / opts.n_cycles - 1e-9
+        pruned = em_step(model, run.optimizer) if warm else 0
+        if stepper.snapshot_due:
+            model.snapshots.append(_snapshot(model))
+            stepper.snapshot_due = False
+        taus = torch.cat([torch.sigmoid(run.optimizer.state[p]["rho"]).flatten()
+                          for p in model.net.parameters()])
+        return {"step_size": run.optimizer.param_groups[0]["lr"], "tau_mean": float(taus.mean()),
+                "groups_pruned": pruned, "n_snapshots": len(model.snapshots)}
+
+    def finish(run: Run) -> None:
+        if not model.snapshots:  # cannot happen with valid options; a guard for hand-made models
+            model.snapshots.append(_snapshot(model))
+
+    return [Stage("train", cfg, optimizer=sampler, stepper=stepper, after_epoch=after_epoch,
+                  finish=finish, predict=lambda m, x, k: _current_proba(m, x)[None],
+                  cost=_cost, select="last", density=_density)]
 
 
 def _snapshot(model: EMMCMCNet) -> dict[str, Tensor]:
@@ -371,7 +380,8 @@ def _density(model: EMMCMCNet) -> float:
         layer.weight.numel() for layer in layers)
 
 
-def report(model: nn.Module) -> dict[str, float | int]:
+def report(model: nn.Module, notes: dict[str, Any] | None = None
+           ) -> dict[str, float | int]:
     """Density reached (nonzero weights / all, final net), surviving input units (columns, or
     input channels for conv) and groups pruned per layer, number of snapshots.
 
@@ -399,3 +409,7 @@ def report(model: nn.Module) -> dict[str, float | int]:
         out["soft_threshold_first_layer"] = model.thresholds[0][0]
         out["hard_threshold_first_layer"] = model.thresholds[0][1]
     return out
+
+
+METHOD = Method("em_mcmc", "EM-MCMC spike-and-slab", build, stages, predict_proba, report,
+                density="own", options=EMMCMCOptions, defaults={"lr": 0.5})

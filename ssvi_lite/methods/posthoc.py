@@ -1,38 +1,40 @@
-"""Post-hoc pruning of a dense mean-field posterior, then a short fine-tune (seed_systems.md §D;
+"""Post-hoc pruning of a dense mean-field posterior, then a short fine-tune (docs/baselines.md §D;
 notebook 06_sparse_bnn_zoo; ``prune_to_density`` also drives the live-pruning widgets).
 
 The classic alternative to SSVI's "sparse from the first step": pay for dense VI, then cut.
-1. Dense VI (method.md §1–3): the kit's ``train.fit`` on the Bayesian ``cfg.model`` with density 1,
+1. Dense VI (docs/method.md §1–3): the ``vi`` stage on the Bayesian ``cfg.model`` at density 1,
    loss CE_mean + β κ KL_sum / N, for ``dense_epochs`` (default ``cfg.epochs``).
 2. Prune, per layer l: keep the k_l = n_l − round((1 − d_l)·n_l) weights with the highest removal
    score s(μ, σ) = ``criteria.REMOVAL_SCORES[cfg.removal]`` (higher = keep; the same top-k routine
    and per-layer counts as SSVI's removal and initial masks), set the mask, zero μ where pruned.
    d_l = ``cfg.density`` in every layer ("uniform") or the ERK split (``cfg.mask_init``).
-3. Fine-tune (μ, σ) on the fixed support for ``fine_tune_epochs`` (the ``static`` path of
-   ``train.fit``, the same loss with β = 1). 0 epochs = pure one-shot pruning.
+3. Fine-tune (μ, σ) on the fixed support for ``fine_tune_epochs`` (the ``static`` stage, the
+   same loss with β = 1). 0 epochs = pure one-shot pruning.
 
-Costs (method.md §8): ``train_flops`` = dense VI steps at 3 f_dense + fine-tune steps at 3 f_sparse,
-so the ratio to dense VI exceeds 1 — the point of the comparison with SSVI. The history's epochs
-count both stages (column ``stage``). There is no authors' code to depart from; the paper's
-"post-hoc" rows (Li et al. 2024, Table 3) prune a trained dense BNN by |μ| or SNR in the same way.
+Costs (docs/method.md §8): ``train_flops`` = dense VI steps at 3 f_dense + fine-tune steps at
+3 f_sparse, so the ratio to dense VI exceeds 1 — the point of the comparison with SSVI. The
+history's epochs count both stages (column ``stage``). There is no authors' code to depart from;
+the paper's "post-hoc" rows (Li et al. 2024, Table 3) prune a trained dense BNN by |μ| or SNR in
+the same way.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-import pandas as pd
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from .. import train
 from ..config import TrainConfig, validate_density
 from ..criteria import check_removal_key, removal_score, top_k_mask
 from ..data import DataSplits
 from ..layers import mean_field_layers
+from ..loop import Run, Stage
 from ..models import build_model
+from ..predict import evaluate
 from ..subspace import enforce_masks, layer_densities, model_density
-from . import make_options
+from . import Method
+from .core import core_stage, predict_proba
 
 
 @dataclass(frozen=True)
@@ -48,18 +50,15 @@ class PosthocOptions:
     fine_tune_epochs: int = 3
     fine_tune_lr: float | None = None
 
-
-def parse_options(options: dict[str, Any]) -> PosthocOptions:
-    """``PosthocOptions`` from a dict; unknown keys raise ValueError listing the valid ones."""
-    opts = make_options(PosthocOptions, options, "posthoc")
-    for name, minimum in (("dense_epochs", 1), ("fine_tune_epochs", 0)):
-        value = getattr(opts, name)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
-                                  or value < minimum):
-            raise ValueError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
-    if opts.fine_tune_lr is not None and not opts.fine_tune_lr > 0:
-        raise ValueError(f"fine_tune_lr must be positive or None, got {opts.fine_tune_lr!r}")
-    return opts
+    def __post_init__(self) -> None:
+        for name, minimum in (("dense_epochs", 1), ("fine_tune_epochs", 0)):
+            value = getattr(self, name)
+            if value is not None and value < minimum:
+                raise ValueError(f"posthoc option {name} must be an integer ≥ {minimum}, "
+                                 f"got {value!r}")
+        if self.fine_tune_lr is not None and not self.fine_tune_lr > 0:
+            raise ValueError(f"posthoc option fine_tune_lr must be positive or None, got "
+                             f"{self.fine_tune_lr!r}")
 
 
 def prune_to_density(model: nn.Module, density: float, removal: str, *,
@@ -67,9 +66,9 @@ def prune_to_density(model: nn.Module, density: float, removal: str, *,
     """Prune every mean-field layer of ``model`` in place to ``density`` by the removal score.
 
     Layer l keeps the top k_l = n_l − round((1 − d_l)·n_l) of its active weights by
-    ``REMOVAL_SCORES[removal](μ, σ)`` (ties: lower index first); μ is zeroed where pruned and the
-    mask is fixed (``sparse = False``). No retraining. Pruning can only remove: to try a higher
-    density, prune a fresh copy of the dense posterior (``copy.deepcopy``), as the widgets do.
+    ``REMOVAL_SCORES[removal](μ, σ)`` (ties: lower index first); μ is zeroed where pruned. No
+    retraining. Pruning can only remove: to try a higher density, prune a fresh copy of the dense
+    posterior (``copy.deepcopy``), as the widgets do.
     """
     density = validate_density(density)
     check_removal_key(removal)
@@ -89,53 +88,47 @@ def prune_to_density(model: nn.Module, density: float, removal: str, *,
         with torch.no_grad():
             keep = top_k_mask(removal_score(removal, layer.mu, layer.sigma), k, allowed=layer.mask)
             layer.mask.copy_(keep)
-        layer.sparse = False
     enforce_masks(model)
 
 
-# ----------------------------------------------------------------------------- the four verbs
+# ----------------------------------------------------------------------------- the verbs
 def build(cfg: TrainConfig, data: DataSplits, generator: torch.Generator) -> nn.Module:
     """The dense Bayesian ``cfg.model`` (every mask all-ones)."""
-    parse_options(cfg.method_options)
     return build_model(cfg.replace(method="vi", density=1.0), data.input_shape, data.n_classes,
                        generator)
 
 
-def fit(model: nn.Module, data: DataSplits, cfg: TrainConfig) -> pd.DataFrame:
-    """Dense VI, prune to ``cfg.density`` by ``cfg.removal``, fine-tune; one history for all.
-
-    Cumulative columns (epoch, step, train_flops, wall_time_s) run on across the stages. The
-    validation metrics right after pruning (before the fine-tune) are kept for :func:`report`.
-    """
-    opts = parse_options(cfg.method_options)
+def stages(model: nn.Module, data: DataSplits, cfg: TrainConfig, **_: Any) -> list[Stage]:
+    """Dense VI (stage ``dense``), pruned to ``cfg.density`` by ``cfg.removal`` when it ends (the
+    validation metrics right after pruning go to the notes), then the fine-tune (stage
+    ``fine_tune``, the static method on the pruned support)."""
+    opts = METHOD.parse_options(cfg.method_options)
     dense_cfg = cfg.replace(method="vi", density=1.0, epochs=opts.dense_epochs or cfg.epochs)
-    dense = train.fit(model, data, dense_cfg).assign(stage="dense")
-    prune_to_density(model, cfg.density, cfg.removal, mask_init=cfg.mask_init,
-                     first_layer_dense=cfg.first_layer_dense)
-    before = train.evaluate(model, data.x_val, data.y_val, cfg.n_eval_samples, seed=cfg.seed)
-    model.posthoc_info = {  # read by report(); a plain attribute, not part of the state dict
-        "removal": cfg.removal, "dense_epochs": dense_cfg.epochs,
-        "fine_tune_epochs": opts.fine_tune_epochs,
-        "val_acc_before_fine_tune": before["accuracy"], "val_nll_before_fine_tune": before["nll"],
-        "val_ece_before_fine_tune": before["ece"],
-    }
+
+    def prune(run: Run) -> dict[str, Any]:
+        prune_to_density(run.model, cfg.density, cfg.removal, mask_init=cfg.mask_init,
+                         first_layer_dense=cfg.first_layer_dense)
+        before = evaluate(run.model, data.x_val, data.y_val, cfg.n_eval_samples, seed=cfg.seed)
+        return {"removal": cfg.removal, "dense_epochs": dense_cfg.epochs,
+                "fine_tune_epochs": opts.fine_tune_epochs,
+                "val_acc_before_fine_tune": before["accuracy"],
+                "val_nll_before_fine_tune": before["nll"],
+                "val_ece_before_fine_tune": before["ece"]}
+
+    dense = core_stage(model, data, dense_cfg, name="dense")
+    dense.finish = prune
     if opts.fine_tune_epochs == 0:
-        return dense
+        return [dense]
     tune_cfg = cfg.replace(method="static", epochs=opts.fine_tune_epochs, kl_warmup=False,
                            lr=opts.fine_tune_lr or cfg.lr)
-    tune = train.fit(model, data, tune_cfg).assign(stage="fine_tune")
-    last = dense.iloc[-1]
-    for column in ("epoch", "step", "train_flops", "wall_time_s"):
-        tune[column] = tune[column] + last[column]
-    return pd.concat([dense, tune], ignore_index=True)
+    return [dense, core_stage(model, data, tune_cfg, name="fine_tune")]
 
 
-def predict_proba(model: nn.Module, x: Tensor, n_samples: int) -> Tensor:
-    """K posterior samples of the pruned (and fine-tuned) posterior: (K, N, C)."""
-    return train.predict_proba(model, x, n_samples, "sample")
-
-
-def report(model: nn.Module) -> dict[str, float | int | str]:
+def report(model: nn.Module, notes: dict[str, Any] | None = None
+           ) -> dict[str, Any]:
     """Density reached, removal key, epochs of each stage, validation metrics before fine-tune."""
-    info = getattr(model, "posthoc_info", {})
-    return {"density": model_density(model), **info}
+    return {"density": model_density(model), **(notes or {})}
+
+
+METHOD = Method("posthoc", "post-hoc pruning + fine-tune", build, stages, predict_proba, report,
+                density="target", uses_removal=True, options=PosthocOptions)

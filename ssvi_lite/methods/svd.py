@@ -1,5 +1,5 @@
 """Sparse variational dropout (Molchanov, Ashukha & Vetrov, "Variational Dropout Sparsifies Deep
-Neural Networks", ICML 2017), the classic one-row baseline of seed_systems.md §D (notebook
+Neural Networks", ICML 2017), the classic one-row baseline of docs/baselines.md §D (notebook
 06_sparse_bnn_zoo).
 
 Family and parameterisation (paper §4.1–4.3). Each weight has q(w_i) = N(θ_i, α_i θ_i²), written
@@ -20,8 +20,10 @@ Asymptotes: α → ∞ gives −KL → k1 − 0 − k1 = 0 (a weight that is pur
 The exact value, −KL = −½ Σ_j Pois(j; 1/(2α)) [ψ(½ + j) − ψ(½)] (a Poisson mixture of log χ²
 moments, with the improper prior's constant chosen so that −KL → 0 as α → ∞), is the test oracle.
 
-Loss: the kit's ``train.fit`` loss with this KL, CE_mean + β κ Σ_i KL_i / N (κ = ``cfg.kl_scale``,
-β the optional ``cfg.kl_warmup`` ramp, which the paper also uses for some nets).
+Loss: the kit's loss with this KL, CE_mean + β κ Σ_i KL_i / N (κ = ``cfg.kl_scale``, β the
+optional ``cfg.kl_warmup`` ramp, which the paper also uses for some nets). log σ² moves about one
+learning rate per Adam step, so short runs need a larger rate than θ: the method sets
+``rho_lr = 1e-2`` by default (its registry record; any ``rho_lr`` you set wins).
 
 Pruning (§5): at evaluation weights with log α > 3 (α > e³ ≈ 20: dropout rate α/(1+α) > 0.95) are
 set to exactly zero; training uses every weight (the mask buffer stays all-true). The density cannot
@@ -43,18 +45,18 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from .. import train
 from ..config import TrainConfig
-from ..costs import forward_flops, layer_costs
+from ..costs import dense_vi_training_flops, layer_costs
 from ..data import DataSplits
 from ..layers import MeanFieldConv2d, MeanFieldLayer, MeanFieldLinear, mean_field_layers
+from ..loop import Stage
 from ..models import build_model
 from ..subspace import model_density
-from . import make_options
+from . import Method
+from .core import core_stage, predict_proba
 
 K1, K2, K3 = 0.63576, 1.87320, 1.48695  # Molchanov et al. 2017, eq. 14
 LOG_ALPHA_CLIP = 10.0
@@ -67,21 +69,15 @@ class SVDOptions:
 
     log_sigma2_init: initial log σ² of every weight (authors' code: −10).
     threshold: prune weights whose log α exceeds this at evaluation (paper: 3).
-    log_sigma2_lr: Adam learning rate of log σ² (None: ``cfg.rho_lr`` or ``cfg.lr``). log σ² moves
-        about one lr per step, so short runs need a larger rate than θ.
     """
 
     log_sigma2_init: float = -10.0
     threshold: float = 3.0
-    log_sigma2_lr: float | None = 1e-2
 
-
-def parse_options(options: dict[str, Any]) -> SVDOptions:
-    """``SVDOptions`` from a dict; unknown keys raise ValueError listing the valid ones."""
-    opts = make_options(SVDOptions, options, "svd")
-    if opts.log_sigma2_lr is not None and not opts.log_sigma2_lr > 0:
-        raise ValueError(f"log_sigma2_lr must be positive or None, got {opts.log_sigma2_lr!r}")
-    return opts
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.log_sigma2_init) and math.isfinite(self.threshold)):
+            raise ValueError(f"svd options log_sigma2_init and threshold must be finite numbers, "
+                             f"got {self.log_sigma2_init!r} and {self.threshold!r}")
 
 
 def neg_kl_approx(log_alpha: Tensor) -> Tensor:
@@ -180,41 +176,37 @@ def to_sparse_vd(model: nn.Module, log_sigma2_init: float = -10.0, threshold: fl
     return model
 
 
-# ----------------------------------------------------------------------------- the four verbs
+# ----------------------------------------------------------------------------- the verbs
 def build(cfg: TrainConfig, data: DataSplits, generator: torch.Generator) -> nn.Module:
     """The kit's ``cfg.model`` (Kaiming θ) with every weight layer made sparse-VD."""
-    opts = parse_options(cfg.method_options)
+    opts = METHOD.parse_options(cfg.method_options)
     model = build_model(cfg.replace(method="vi", density=1.0), data.input_shape, data.n_classes,
                         generator)
     return to_sparse_vd(model, opts.log_sigma2_init, opts.threshold)
 
 
-def fit(model: nn.Module, data: DataSplits, cfg: TrainConfig) -> pd.DataFrame:
-    """Train with the kit's ``train.fit`` (LRT, the loss above, best-validation epoch restored).
+def _dense_cost(model: nn.Module, data: DataSplits) -> tuple[float, float]:
+    """Every weight is computed while training: 3 × the dense LRT forward per example."""
+    per_example = dense_vi_training_flops(layer_costs(model, data.input_shape), 1)
+    return per_example, per_example
+
+
+def stages(model: nn.Module, data: DataSplits, cfg: TrainConfig, **_: Any) -> list[Stage]:
+    """One stage of the core loop with this family's KL (LRT, best-validation epoch restored).
 
     ``density`` in the history is the density reached by the log α rule after each epoch;
-    ``train_flops`` counts dense training (every weight is computed while training): 3 × the dense
-    LRT forward per example per epoch (method.md §8).
+    ``train_flops`` counts dense training (docs/method.md §8).
     """
     if not any(isinstance(layer, _SparseVDMixin) for _, layer in mean_field_layers(model)):
-        raise TypeError("svd.fit needs a model with sparse-VD layers (svd.build or to_sparse_vd), "
+        raise TypeError("svd needs a model with sparse-VD layers (svd.build or to_sparse_vd), "
                         f"got {type(model).__name__}")
-    opts = parse_options(cfg.method_options)
-    run_cfg = cfg.replace(method="vi", density=1.0,
-                          rho_lr=opts.log_sigma2_lr or cfg.rho_lr)
-    history = train.fit(model, data, run_cfg)
-    dense = forward_flops(layer_costs(model, data.input_shape), 1, dense=True)
-    history["train_flops"] = 3.0 * history["epoch"] * data.n_train * dense
-    history["method"] = "svd"
-    return history
+    stage = core_stage(model, data, cfg)
+    stage.cost = _dense_cost
+    return [stage]
 
 
-def predict_proba(model: nn.Module, x: Tensor, n_samples: int) -> Tensor:
-    """K posterior samples with the pruned weights at zero: (K, N, C)."""
-    return train.predict_proba(model, x, n_samples, "sample")
-
-
-def report(model: nn.Module) -> dict[str, float | int]:
+def report(model: nn.Module, notes: dict[str, Any] | None = None
+           ) -> dict[str, float | int]:
     """Density reached by log α > threshold pruning, overall and per layer, and the counts."""
     layers = mean_field_layers(model)
     out: dict[str, float | int] = {
@@ -226,3 +218,7 @@ def report(model: nn.Module) -> dict[str, float | int]:
     for i, (_, layer) in enumerate(layers):
         out[f"density_layer{i}"] = layer.n_active / layer.n_weights
     return out
+
+
+METHOD = Method("svd", "sparse variational dropout", build, stages, predict_proba, report,
+                density="own", options=SVDOptions, defaults={"rho_lr": 1e-2})

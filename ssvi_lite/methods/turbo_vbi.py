@@ -1,7 +1,7 @@
 """Turbo-VBI: structured Bayesian compression with a Markov-random-field support prior.
 
 Paper: Xia, Tsang, Lau, "Structured Bayesian compression for deep neural networks based on the
-Turbo-VBI approach", IEEE TSP 71 (2023), arXiv 2302.10483 (seed_systems.md §C; notebook
+Turbo-VBI approach", IEEE TSP 71 (2023), arXiv 2302.10483 (docs/baselines.md §C; notebook
 06_sparse_bnn_zoo). A three-layer prior per weight i — support s_i ∈ {0, 1} → precision ρ_i →
 weight w_i — whose support prior is an MRF over each layer's (out × in) weight grid, so that active
 weights cluster and whole rows/columns (neurons) die:
@@ -39,9 +39,10 @@ Departures from the paper / authors' code, and why:
   a = 1, ā = 3, b = b̄ = 1e-4, tuned for the MNIST MLP).
 - The grid of a conv weight (o, i, kh, kw) is (o, i·kh·kw); the asymmetric potential is oriented
   from the upper/left neighbour to the lower/right one. Messages are damped (log-odds averaging).
-- Tempering: the KL term is weighted by the option ``kl_scale`` (κ = 0.1, not cfg.kl_scale). The
-  paper trains on 60,000 images; on the 4,000-image subset the ARD-like prior (E[ρ] ≈ 3/E[w²] for
-  a slab weight) makes κ·KL/N swamp the data term at κ = 1 (val accuracy ≈ 0.75 after 15 epochs).
+- Tempering: the method sets κ = ``cfg.kl_scale`` = 0.1 by default (its registry record; a
+  ``kl_scale`` you set wins). The paper trains on 60,000 images; on the 4,000-image subset the
+  ARD-like prior (E[ρ] ≈ 3/E[w²] for a slab weight) makes κ·KL/N swamp the data term at κ = 1
+  (val accuracy ≈ 0.75 after 15 epochs).
 - MRF defaults p11 = 0.5, p01 = 0.1 (attractive, biased to 0). A symmetric (0.7, 0.3) field is past
   the Bethe ordering point (coupling ¼·ln(ψ11ψ00/ψ10ψ01) = 0.42 > 0.35) and locked the support on
   (density 0.81). Measured here (784-300-100-10, 30 epochs, seed 0, test accuracy / density /
@@ -59,29 +60,27 @@ Measured with the defaults (784-300-100-10, 30 epochs, 4,000 images, seed 0, one
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
+from typing import Any
 
-import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
 from torch import Tensor, nn
 
 from ..config import TrainConfig
-from ..costs import layer_costs, step_flops
-from ..data import DataSplits, iterate_batches
+from ..costs import layer_costs
+from ..data import DataSplits
 from ..layers import MeanFieldLayer, mean_field_layers
+from ..loop import Run, Stage, make_optimizer
 from ..models import build_model
-from ..train import evaluate, make_optimizer, resolve_device
-from ..train import predict_proba as _predict_proba
-from . import make_options
+from ..predict import predict_proba as _predict_proba
+from . import Method
 
 LOGIT_CLAMP = 30.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class TurboVBIOptions:
     """Hyper-parameters of Turbo-VBI (``cfg.method_options``); symbols as in the docstring above."""
 
@@ -96,25 +95,22 @@ class TurboVBIOptions:
     bp_damping: float = 0.5  # new log-odds = damping·old + (1 − damping)·update
     turbo_iters: int = 2  # (ρ, s, B) rounds after each epoch of w-steps
     mask_from_epoch: int = 3  # π̃ ≥ ½ becomes the mask from this epoch on
-    kl_scale: float = 0.1  # κ in CE + κ·KL/N (replaces cfg.kl_scale; see the departures)
 
-
-def options(cfg: TrainConfig) -> TurboVBIOptions:
-    """``TurboVBIOptions`` from ``cfg.method_options``; unknown keys or bad values: ValueError."""
-    opts = make_options(TurboVBIOptions, cfg.method_options, "turbo_vbi")
-    for name in ("a", "b", "a_bar", "b_bar", "kl_scale"):
-        if not getattr(opts, name) > 0:
-            raise ValueError(f"turbo_vbi option {name}={getattr(opts, name)!r} must be positive")
-    for name in ("p11", "p01"):
-        if not 0 < getattr(opts, name) < 1:
-            raise ValueError(f"turbo_vbi option {name}={getattr(opts, name)!r} must lie in (0, 1)")
-    for name in ("bp_iters", "turbo_iters", "mask_from_epoch"):
-        if not isinstance(getattr(opts, name), int) or getattr(opts, name) < 1:
-            raise ValueError(f"turbo_vbi option {name}={getattr(opts, name)!r} must be an "
-                             "integer ≥ 1")
-    if not 0 <= opts.bp_damping < 1:
-        raise ValueError(f"turbo_vbi option bp_damping={opts.bp_damping!r} must lie in [0, 1)")
-    return opts
+    def __post_init__(self) -> None:
+        for name in ("a", "b", "a_bar", "b_bar"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"turbo_vbi option {name}={getattr(self, name)!r} must be "
+                                 "positive")
+        for name in ("p11", "p01"):
+            if not 0 < getattr(self, name) < 1:
+                raise ValueError(f"turbo_vbi option {name}={getattr(self, name)!r} must lie in "
+                                 "(0, 1)")
+        for name in ("bp_iters", "turbo_iters", "mask_from_epoch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"turbo_vbi option {name}={getattr(self, name)!r} must be an "
+                                 "integer ≥ 1")
+        if not 0 <= self.bp_damping < 1:
+            raise ValueError(f"turbo_vbi option bp_damping={self.bp_damping!r} must lie in [0, 1)")
 
 
 # ------------------------------------------------------------------- module A, closed forms
@@ -255,82 +251,40 @@ def _kl(model: TurboVBINet) -> Tensor:
     return torch.stack(terms).sum()
 
 
-# ----------------------------------------------------------------------------- the four verbs
+# ----------------------------------------------------------------------------- the verbs
 def build(cfg: TrainConfig, data: DataSplits, generator: torch.Generator) -> nn.Module:
     """The mean-field ``cfg.model`` (all masks on) wrapped with the Turbo-VBI state."""
-    opts = options(cfg)
+    opts = METHOD.parse_options(cfg.method_options)
     net = build_model(cfg, data.input_shape, data.n_classes, generator)
     model = TurboVBINet(net, opts, data.input_shape)
     turbo_round(model)  # q(ρ) and π̃ from the initial weights, so the first w-step has E[ρ]
     return model
 
 
-def _epoch(model: TurboVBINet, data: DataSplits, cfg: TrainConfig, opt: torch.optim.Optimizer,
-           batch_gen: torch.Generator, device: torch.device, bar) -> tuple[list[float], int]:
-    """One epoch of w-steps; returns (mean nll, mean kl, train accuracy) and the step count."""
-    sums, steps = np.zeros(4), 0
-    model.train()
-    for xb, yb in iterate_batches(data.x_train, data.y_train, cfg.batch_size, shuffle=True,
-                                  generator=batch_gen):
-        xb, yb = xb.to(device), yb.to(device)
-        logits = model(xb)
-        nll = F.cross_entropy(logits, yb)
-        kl = _kl(model)
-        loss = nll + model.opts.kl_scale * kl / data.n_train
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite turbo_vbi loss {loss.item()}; lower lr")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sums += [nll.item() * len(yb), kl.item() * len(yb), (logits.argmax(-1) == yb).sum().item(),
-                 len(yb)]
-        steps += 1
-        bar.update(1)
-    return list(sums[:3] / sums[3]), steps
+def stages(model: nn.Module, data: DataSplits, cfg: TrainConfig, **_: Any) -> list[Stage]:
+    """One stage: each epoch of w-steps (CE + κ·Σ KL/N, masked forward) is followed by a turbo
+    round (module A ρ/s-steps ↔ module B); from ``mask_from_epoch`` on π̃ ≥ ½ is the mask.
 
-
-def fit(model: nn.Module, data: DataSplits, cfg: TrainConfig) -> pd.DataFrame:
-    """Alternate an epoch of w-steps with turbo rounds (module A ρ/s-steps ↔ module B).
-
-    History per epoch: epoch, step, loss, nll, kl (unweighted Σ KL), train_acc, val_acc, val_nll,
-    val_ece (K = cfg.n_eval_samples), density (mask), pi_tilde_change (max |Δπ̃| over the epoch's
-    round), support_flips (mask entries that changed), train_flops (LRT: 3 × 2 paths × 2·MACs of
-    active weights per example), wall_time_s.
+    Extra history columns: pi_tilde_change (max |Δπ̃| over the epoch's round), support_flips
+    (mask entries that changed). No best-epoch restore: the final support is the answer.
     """
     if not isinstance(model, TurboVBINet):
-        raise TypeError(f"turbo_vbi.fit needs the model from turbo_vbi.build, got "
-                         f"{type(model).__name__}")
-    from tqdm.auto import tqdm
+        raise TypeError(f"turbo_vbi needs the model from turbo_vbi.build, got "
+                        f"{type(model).__name__}")
 
-    device = resolve_device(cfg.device)
-    model.to(device)
-    opt = make_optimizer(model.net, cfg)
-    batch_gen = torch.Generator().manual_seed(cfg.seed)
-    total = cfg.epochs * math.ceil(data.n_train / cfg.batch_size)
-    step, flops, wall, rows = 0, 0.0, 0.0, []
-    with tqdm(total=total, desc="turbo_vbi", disable=not cfg.progress, leave=False) as bar:
-        for epoch in range(1, cfg.epochs + 1):
-            start = time.perf_counter()
-            costs = layer_costs(model, data.input_shape)
-            (nll, kl, acc), steps = _epoch(model, data, cfg, opt, batch_gen, device, bar)
-            flops += steps * step_flops(costs, cfg.batch_size, update=False)
-            step += steps
-            change = turbo_round(model)
-            flips = _apply_masks(model) if epoch >= model.opts.mask_from_epoch else 0
-            wall += time.perf_counter() - start
-            val = evaluate(model, data.x_val, data.y_val, cfg.n_eval_samples, seed=cfg.seed)
-            loss = nll + model.opts.kl_scale * kl / data.n_train
-            rows.append({"epoch": epoch, "step": step, "loss": loss,
-                         "nll": nll, "kl": kl, "train_acc": acc, "val_acc": val["accuracy"],
-                         "val_nll": val["nll"], "val_ece": val["ece"], "density": _density(model),
-                         "pi_tilde_change": change, "support_flips": flips,
-                         "train_flops": flops, "wall_time_s": wall})
-            bar.set_postfix(val_acc=f"{val['accuracy']:.3f}", density=f"{rows[-1]['density']:.3f}")
-    _apply_masks(model)
-    with torch.no_grad():
-        for _, layer in model.layers():
-            layer.mu.masked_fill_(~layer.mask, 0.0)  # prune: θ = 0 exactly where π̃ < ½
-    return pd.DataFrame(rows)
+    def after_epoch(run: Run) -> dict[str, Any]:
+        change = turbo_round(model)
+        due = run.progress.stage_epoch >= model.opts.mask_from_epoch
+        return {"pi_tilde_change": change, "support_flips": _apply_masks(model) if due else 0}
+
+    def finish(run: Run) -> None:
+        _apply_masks(model)
+        with torch.no_grad():
+            for _, layer in model.layers():
+                layer.mu.masked_fill_(~layer.mask, 0.0)  # prune: θ = 0 exactly where π̃ < ½
+
+    return [Stage("train", cfg, optimizer=lambda m: make_optimizer(m.net, cfg), regulariser=_kl,
+                  after_epoch=after_epoch, finish=finish, select="last")]
 
 
 def predict_proba(model: nn.Module, x: Tensor, n_samples: int = 10) -> Tensor:
@@ -366,7 +320,8 @@ def _alive_units(model: TurboVBINet) -> list[tuple[Tensor, Tensor]]:
     return list(zip(rows, cols))
 
 
-def report(model: nn.Module) -> dict[str, float | int]:
+def report(model: nn.Module, notes: dict[str, Any] | None = None
+           ) -> dict[str, float | int]:
     """Compression rate (#weights / #nonzero), density, and per layer: all-zero rows and columns of
     the weight grid, nonzero blocks (4-connected components of the support), units alive; plus the
     dense-equivalent FLOPs after deleting zero rows/columns, relative to the full dense net."""
@@ -389,3 +344,7 @@ def report(model: nn.Module) -> dict[str, float | int]:
         full += layer.n_weights * pos
     out["dense_equiv_flops_ratio"] = equiv / full
     return out
+
+
+METHOD = Method("turbo_vbi", "Turbo-VBI", build, stages, predict_proba, report, density="own",
+                options=TurboVBIOptions, defaults={"kl_scale": 0.1})

@@ -1,5 +1,5 @@
 """Stochastic weight sharing, "2DGBNN" (Lin, Guan, Jing, Botterweck, Patane, "Stochastic Weight
-Sharing for Bayesian Neural Networks", AISTATS 2025, arXiv 2505.17856); seed_systems.md §B,
+Sharing for Bayesian Neural Networks", AISTATS 2025, arXiv 2505.17856); docs/baselines.md §B,
 notebook 06_sparse_bnn_zoo.
 
 Idea: every weight i of a mean-field BNN is a 2-D point x_i = (μ_i, σ_i). Most points are covered by
@@ -40,6 +40,8 @@ Departures from the authors' code, and why:
 The codebook (k-means, partition, KL, W2, merging) lives in ``ssvi_lite.methods.codebook``.
 - The net is the kit's MLP (``cfg.hidden``; the paper's small nets are 784-300-100-10 and CNNs),
   K ≈ 128 (paper ≈ 256), a few epochs per stage; merges rebuild the Adam state.
+- The stages are stages of the kit's one epoch loop (``map``, ``noise``, ``shared``), so a run can
+  be checkpointed and resumed in any of them.
 - The whole net is in ``sample`` mode (one draw per forward pass shared by the batch): shared draws
   break the independence that the local reparameterisation needs.
 """
@@ -47,23 +49,24 @@ from __future__ import annotations
 
 import copy
 import math
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import metrics, train
 from ..config import TrainConfig
 from ..costs import forward_flops, layer_costs
 from ..data import DataSplits, iterate_batches
 from ..layers import bayesianize, forward_mode, mean_field_layers
+from ..loop import Run, Stage, Stepper, make_optimizer
 from ..models import build_model
-from . import make_options
+from . import Method
 from .codebook import Codebook, make_codebook
+from .core import core_stage
 
 CODE_BYTES, FLOAT_BYTES = 2, 4  # 16-bit cluster code per weight; float32 parameters
 
@@ -92,42 +95,54 @@ class WeightSharingOptions:
     merge_rel: float = 0.01
     lr: float | None = None
 
-
-def parse_options(options: dict[str, Any]) -> WeightSharingOptions:
-    """``WeightSharingOptions`` from a dict; unknown keys raise ValueError naming the valid ones."""
-    opts = make_options(WeightSharingOptions, options, "weight_sharing")
-    ints = {"pretrain_epochs": 1, "noise_epochs": 1, "n_clusters": 1, "kmeans_iters": 1,
-            "min_cluster_size": 0}
-    for name, low in ints.items():
-        value = getattr(opts, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise ValueError(f"{name} must be an integer ≥ {low}, got {value!r}")
-    if opts.n_clusters >= 2**16:
-        raise ValueError(f"n_clusters={opts.n_clusters} does not fit a 16-bit code (< 65536)")
-    if not 0.0 <= opts.outlier_grad_fraction < 1.0:
-        raise ValueError("outlier_grad_fraction must lie in [0, 1), got "
-                         f"{opts.outlier_grad_fraction!r}")
-    for name in ("noise_sigma_init", "noise_mu_lr", "noise_rho_lr", "outlier_abs_mu"):
-        if not getattr(opts, name) > 0:
-            raise ValueError(f"{name} must be positive, got {getattr(opts, name)!r}")
-    if not opts.merge_rel >= 0 or (opts.lr is not None and not opts.lr > 0):
-        raise ValueError(f"merge_rel must be ≥ 0 and lr positive or None, got {opts.merge_rel!r}, "
-                         f"{opts.lr!r}")
-    return opts
+    def __post_init__(self) -> None:
+        lows = {"pretrain_epochs": 1, "noise_epochs": 1, "n_clusters": 1, "kmeans_iters": 1,
+                "min_cluster_size": 0}
+        for name, low in lows.items():
+            if getattr(self, name) < low:
+                raise ValueError(f"weight_sharing option {name} must be an integer ≥ {low}, got "
+                                 f"{getattr(self, name)!r}")
+        if self.n_clusters >= 2**16:
+            raise ValueError(f"n_clusters={self.n_clusters} does not fit a 16-bit code (< 65536)")
+        if not 0.0 <= self.outlier_grad_fraction < 1.0:
+            raise ValueError("outlier_grad_fraction must lie in [0, 1), got "
+                             f"{self.outlier_grad_fraction!r}")
+        for name in ("noise_sigma_init", "noise_mu_lr", "noise_rho_lr", "outlier_abs_mu"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if not self.merge_rel >= 0 or (self.lr is not None and not self.lr > 0):
+            raise ValueError(f"merge_rel must be ≥ 0 and lr positive or None, got "
+                             f"{self.merge_rel!r}, {self.lr!r}")
 
 
 # ----------------------------------------------------------------------------- the network
 class SharedWeightNet(nn.Module):
-    """A deterministic net (``net``) whose Linear/Conv2d weights come from ``codebook`` once it is
-    set (stage 3); before that it is the plain net (stage 0). ``mode``: ``sample`` or ``mean``."""
+    """A deterministic net (``net``) trained in three phases: ``map`` (stage 0, the plain net),
+    ``noise`` (stage 1, a mean-field copy ``noise_net`` learning σ) and ``shared`` (stage 3, the
+    Linear/Conv2d weights come from ``codebook``). ``mode``: ``sample`` or ``mean``. The phase, the
+    noise net's prior σ and the codebook's shapes travel as extra state, so a checkpoint of any
+    phase loads into a fresh model."""
 
-    def __init__(self, net: nn.Module):
+    def __init__(self, net: nn.Module, kmeans_seed: int = 0):
         super().__init__()
         self.net = net
+        self.noise_net: nn.Module | None = None
         self.codebook: Codebook | None = None
-        self.mode = "sample"
+        self.phase, self.mode, self.kmeans_seed = "map", "sample", int(kmeans_seed)
+        self.noise_prior_sigma = 1.0
         self.weight_shapes = {f"{name}.weight": m.weight.shape for name, m in net.named_modules()
                               if isinstance(m, (nn.Linear, nn.Conv2d))}
+
+    def start_noise(self, prior_sigma: float, sigma_init: float) -> None:
+        """Phase ``noise``: a mean-field copy of the net (μ = its weights) to learn σ on."""
+        self.noise_net = bayesianize(copy.deepcopy(self.net), prior_sigma=prior_sigma,
+                                     sigma_init=sigma_init)
+        self.phase, self.noise_prior_sigma = "noise", float(prior_sigma)
+
+    def start_sharing(self, codebook: Codebook) -> None:
+        """Phase ``shared``: weights from ``codebook``; the dense weights and noise net go."""
+        self.codebook, self.noise_net, self.phase = codebook, None, "shared"
+        _drop_dense_weights(self.net)
 
     def sample_weights(self, mean: bool = False) -> dict[str, Tensor]:
         """One draw of every shared weight tensor (``mean``: the centres), by parameter name."""
@@ -137,65 +152,35 @@ class SharedWeightNet(nn.Module):
                 zip(self.weight_shapes.items(), flat.split(sizes))}
 
     def forward(self, x: Tensor, weights: dict[str, Tensor] | None = None) -> Tensor:
-        if self.codebook is None:
+        if self.phase == "map":
             return self.net(x)
+        if self.phase == "noise":
+            return self.noise_net(x)
         weights = weights if weights is not None else self.sample_weights()
         return torch.func.functional_call(self.net, weights, (x,))
 
+    def get_extra_state(self) -> dict[str, Any]:
+        shapes = ({k: list(v.shape) for k, v in self.codebook.state_dict().items()
+                   if isinstance(v, Tensor)} if self.codebook is not None else {})
+        return {"phase": self.phase, "kmeans_seed": self.kmeans_seed,
+                "noise_prior_sigma": self.noise_prior_sigma, "codebook_shapes": shapes}
 
-# ----------------------------------------------------------------------------- the stages
-def _stage1_points(model: SharedWeightNet, data: DataSplits, cfg: TrainConfig,
-                   opts: WeightSharingOptions) -> tuple[Tensor, Tensor, pd.DataFrame]:
-    """Stage 1: σ with the data term only; returns points (n, 2), |∂CE/∂μ| (n,) and the history."""
-    bnn = bayesianize(copy.deepcopy(model.net), prior_sigma=cfg.prior_sigma,
-                      sigma_init=opts.noise_sigma_init)
-    history = train.fit(bnn, data, cfg.replace(
-        method="vi", density=1.0, epochs=opts.noise_epochs, kl_scale=0.0, kl_warmup=False,
-        lr=opts.noise_mu_lr, rho_lr=opts.noise_rho_lr, weight_decay=0.0, cosine_lr=False))
-    layers = [layer for _, layer in mean_field_layers(bnn)]
-    bnn.zero_grad()
-    device = layers[0].mu.device
-    with forward_mode(bnn, "mean"):  # ∂CE/∂μ of the whole training set at the mean network
-        for xb, yb in iterate_batches(data.x_train, data.y_train, 1000, shuffle=False):
-            logits = bnn(xb.to(device))
-            (F.cross_entropy(logits, yb.to(device), reduction="sum") / data.n_train).backward()
-    with torch.no_grad():
-        for (_, new), old in zip(mean_field_layers(bnn), (m for m in model.net.modules()
-                                                        if isinstance(m, (nn.Linear, nn.Conv2d)))):
-            if old.bias is not None:
-                old.bias.copy_(new.bias)
-    points = torch.cat([torch.stack([lay.mu.detach().flatten(), lay.sigma.detach().flatten()], -1)
-                        for lay in layers])
-    grads = torch.cat([lay.mu.grad.abs().flatten() for lay in layers])
-    return points.cpu(), grads.cpu(), history
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        """Rebuild the phase's structure before the children's tensors are loaded into it."""
+        self.kmeans_seed = int(state["kmeans_seed"])
+        if state["phase"] == "noise" and self.phase == "map":
+            self.start_noise(state["noise_prior_sigma"], 1.0)
+        elif state["phase"] == "shared" and self.phase != "shared":
+            self.start_sharing(Codebook.empty(state["codebook_shapes"]))
 
 
-def _stage3_epoch(model: SharedWeightNet, data: DataSplits, cfg: TrainConfig, epoch: int,
-                  optimizer: torch.optim.Optimizer, gen: torch.Generator, progress: Any
-                  ) -> dict[str, float]:
-    """One epoch of VI over the codebook; returns mean nll, kl and training accuracy."""
-    device = model.codebook.centre.device
-    sums = torch.zeros(4, dtype=torch.float64)  # Σ nll·n, Σ kl·n, correct, n
-    model.train()
-    for xb, yb in iterate_batches(data.x_train, data.y_train, cfg.batch_size, shuffle=True,
-                                  generator=gen):
-        xb, yb = xb.to(device), yb.to(device)
-        logits = model(xb)
-        nll, kl = F.cross_entropy(logits, yb), model.codebook.kl_sum()
-        loss = nll + train.kl_weight(cfg, epoch) * kl / data.n_train
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss {loss.item()} in stage 3, epoch {epoch}; "
-                                     "lower method_options['lr']")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        n = len(yb)
-        sums += torch.tensor([nll.item() * n, kl.item() * n, (logits.argmax(-1) == yb).sum().item(),
-                              n], dtype=torch.float64)
-        progress.update(1)
-    nll_mean, kl_mean, acc, _ = (sums / sums[3]).tolist()
-    return {"nll": nll_mean, "kl": kl_mean, "kl_weight": train.kl_weight(cfg, epoch),
-            "train_acc": acc}
+@contextmanager
+def _mean_weights(model: SharedWeightNet) -> Iterator[None]:
+    before, model.mode = model.mode, "mean"
+    try:
+        yield
+    finally:
+        model.mode = before
 
 
 def _drop_dense_weights(net: nn.Module) -> None:
@@ -208,80 +193,94 @@ def _drop_dense_weights(net: nn.Module) -> None:
             module.weight = torch.empty(shape, device="meta")
 
 
-# ----------------------------------------------------------------------------- the four verbs
-def build(cfg: TrainConfig, data: DataSplits, generator: torch.Generator) -> nn.Module:
-    """The deterministic ``cfg.model`` (Kaiming init) inside a :class:`SharedWeightNet`."""
-    parse_options(cfg.method_options)
-    net = build_model(cfg.replace(method="map", density=1.0), data.input_shape, data.n_classes,
-                      generator)
-    model = SharedWeightNet(net)
-    model.seed = int(torch.randint(2**31 - 1, (1,), generator=generator))  # k-means, batches
-    return model
+# ----------------------------------------------------------------------------- the stage changes
+def _noise_points(model: SharedWeightNet, data: DataSplits) -> tuple[Tensor, Tensor]:
+    """After stage 1: the points (μ, σ) (n, 2) and |∂CE/∂μ| (n,) of the whole training set at the
+    mean network; the noise net's biases go back to the plain net."""
+    bnn = model.noise_net
+    layers = [layer for _, layer in mean_field_layers(bnn)]
+    bnn.zero_grad()
+    device = layers[0].mu.device
+    with forward_mode(bnn, "mean"):
+        for xb, yb in iterate_batches(data.x_train, data.y_train, 1000, shuffle=False):
+            logits = bnn(xb.to(device))
+            (F.cross_entropy(logits, yb.to(device), reduction="sum") / data.n_train).backward()
+    with torch.no_grad():
+        for (_, new), old in zip(mean_field_layers(bnn), (m for m in model.net.modules()
+                                                        if isinstance(m, (nn.Linear, nn.Conv2d)))):
+            if old.bias is not None:
+                old.bias.copy_(new.bias)
+    points = torch.cat([torch.stack([lay.mu.detach().flatten(), lay.sigma.detach().flatten()], -1)
+                        for lay in layers])
+    grads = torch.cat([lay.mu.grad.abs().flatten() for lay in layers])
+    return points.cpu(), grads.cpu()
 
 
-def fit(model: nn.Module, data: DataSplits, cfg: TrainConfig) -> pd.DataFrame:
-    """Stages 0 → 1 → 1b/2 → 3 (``cfg.epochs`` epochs, merging after each); one history.
-
-    Column ``stage`` names the stage; epoch, train_flops and wall_time_s run on across stages.
-    FLOPs (method.md §8): stages 0 and 1 as counted by ``train.fit``; the gradient pass of stage 2
-    and every stage-3 step at 3 × the deterministic forward (one weight draw, no LRT); k-means is
-    not counted (the convention counts Linear/Conv2d work only).
-    """
-    if not isinstance(model, SharedWeightNet) or model.codebook is not None:
-        raise TypeError("weight_sharing.fit needs a fresh model from weight_sharing.build, got "
-                        f"{type(model).__name__}")
-    opts = parse_options(cfg.method_options)
-    pre = train.fit(model.net, data, cfg.replace(method="map", density=1.0,
-                                                 epochs=opts.pretrain_epochs)).assign(stage="map")
-    start = time.perf_counter()
+def _share(model: SharedWeightNet, data: DataSplits, opts: WeightSharingOptions, run: Run
+           ) -> dict[str, Any]:
+    """Stages 1b and 2: k-means and the partition; counts the gradient pass's FLOPs; the merge
+    threshold (scale-free, from the stage-2 clusters) goes to the notes."""
     f_det = forward_flops(layer_costs(model.net, data.input_shape), 1, bayesian=False)
-    points, grads, noise = _stage1_points(model, data, cfg, opts)
-    gen = torch.Generator().manual_seed(getattr(model, "seed", cfg.seed))
+    points, grads = _noise_points(model, data)
     book = make_codebook(points, grads, n_clusters=opts.n_clusters,
                          kmeans_iters=opts.kmeans_iters, outlier_abs_mu=opts.outlier_abs_mu,
                          outlier_grad_fraction=opts.outlier_grad_fraction,
-                         min_cluster_size=opts.min_cluster_size, generator=gen)
-    model.codebook = book.to(next(model.net.parameters()).device)
-    _drop_dense_weights(model.net)
-    noise = noise.assign(stage="noise")
-    for column in ("train_flops", "wall_time_s"):
-        noise[column] += pre[column].iloc[-1]
-    noise["epoch"] += len(pre)
-    flops = float(noise["train_flops"].iloc[-1]) + 3 * data.n_train * f_det  # + gradient pass
-    wall = float(pre["wall_time_s"].iloc[-1]) + time.perf_counter() - start
-    shared = _stage3(model, data, cfg, opts, gen, f_det, flops, wall)
-    shared["epoch"] += len(pre) + len(noise)
-    return pd.concat([pre, noise, shared], ignore_index=True)
-
-
-def _stage3(model: SharedWeightNet, data: DataSplits, cfg: TrainConfig,
-            opts: WeightSharingOptions, gen: torch.Generator, f_det: float, flops: float,
-            wall: float) -> pd.DataFrame:
-    """VI over the codebook for ``cfg.epochs`` epochs, merging after each; one row per epoch."""
-    from tqdm.auto import tqdm
-
-    lr = opts.lr or cfg.lr
-    optimizer, rows = torch.optim.Adam(model.parameters(), lr=lr), []
+                         min_cluster_size=opts.min_cluster_size,
+                         generator=torch.Generator().manual_seed(model.kmeans_seed))
+    model.start_sharing(book.to(next(model.net.parameters()).device))
+    run.progress.flops += 3 * data.n_train * f_det  # the gradient pass
     traces = model.codebook.prior_cov.diagonal(dim1=-2, dim2=-1).sum(-1)
-    merge_w2 = opts.merge_rel * float(traces.median())
-    steps = math.ceil(data.n_train / cfg.batch_size)
-    with tqdm(total=cfg.epochs * steps, desc="weight_sharing", leave=False,
-              disable=not cfg.progress) as progress:
-        for epoch in range(1, cfg.epochs + 1):
-            start = time.perf_counter()
-            row = _stage3_epoch(model, data, cfg, epoch, optimizer, gen, progress)
-            if model.codebook.merge(merge_w2):
-                optimizer = torch.optim.Adam(model.parameters(), lr=lr)  # shapes changed
-            flops += 3 * data.n_train * f_det
-            wall += time.perf_counter() - start
-            val = metrics.summarize(predict_proba(model, data.x_val, cfg.n_eval_samples),
-                                    data.y_val.cpu())
-            rows.append({"epoch": epoch, **row, "val_acc": val["accuracy"], "val_nll": val["nll"],
-                         "val_ece": val["ece"], "density": 1.0, "train_flops": flops,
-                         "wall_time_s": wall, "n_gaussians": model.codebook.n_clusters,
-                         "stage": "shared"})
-            progress.set_postfix(val_acc=f"{val['accuracy']:.3f}", K=model.codebook.n_clusters)
-    return pd.DataFrame(rows)
+    return {"merge_w2": opts.merge_rel * float(traces.median())}
+
+
+def _shared_cost(model: nn.Module, data: DataSplits) -> tuple[float, float]:
+    """3 × the deterministic forward (one weight draw, no LRT) per example."""
+    with _mean_weights(model):
+        per_example = 3 * forward_flops(layer_costs(model, data.input_shape), 1, bayesian=False)
+    return per_example, per_example
+
+
+# ----------------------------------------------------------------------------- the verbs
+def build(cfg: TrainConfig, data: DataSplits, generator: torch.Generator) -> nn.Module:
+    """The deterministic ``cfg.model`` (Kaiming init) inside a :class:`SharedWeightNet`."""
+    net = build_model(cfg.replace(method="map", density=1.0), data.input_shape, data.n_classes,
+                      generator)
+    return SharedWeightNet(net, int(torch.randint(2**31 - 1, (1,), generator=generator)))
+
+
+def stages(model: nn.Module, data: DataSplits, cfg: TrainConfig, **_: Any) -> list[Stage]:
+    """Stages 0 (``map``) → 1 (``noise``: σ with the data term only, κ = 0, μ lr tiny) → 1b/2 at
+    the start of 3 (``shared``: VI over the codebook for ``cfg.epochs`` epochs, merging after each).
+
+    FLOPs (docs/method.md §8): stages 0 and 1 as the core methods count them; the gradient pass of
+    stage 2 and every stage-3 step at 3 × the deterministic forward; k-means is not counted (the
+    convention counts Linear/Conv2d work only). Extra column: n_gaussians.
+    """
+    if not isinstance(model, SharedWeightNet):
+        raise TypeError("weight_sharing needs a model from weight_sharing.build, got "
+                        f"{type(model).__name__}")
+    opts = METHOD.parse_options(cfg.method_options)
+    pre = core_stage(model, data, cfg.replace(method="map", epochs=opts.pretrain_epochs),
+                     name="map")
+    noise_cfg = cfg.replace(method="vi", epochs=opts.noise_epochs, kl_scale=0.0, kl_warmup=False,
+                            lr=opts.noise_mu_lr, rho_lr=opts.noise_rho_lr, weight_decay=0.0,
+                            cosine_lr=False)
+    noise = core_stage(model, data, noise_cfg, name="noise")
+    noise.optimizer = lambda m: make_optimizer(m.noise_net, noise_cfg)
+    noise.start = lambda run: model.start_noise(cfg.prior_sigma, opts.noise_sigma_init)
+    lr = opts.lr or cfg.lr
+
+    def merge(run: Run) -> dict[str, Any]:
+        if model.codebook.merge(run.progress.notes["merge_w2"]):
+            run.optimizer = torch.optim.Adam(model.parameters(), lr=lr)  # shapes changed
+        return {"n_gaussians": model.codebook.n_clusters}
+
+    shared = Stage("shared", cfg, optimizer=lambda m: torch.optim.Adam(m.parameters(), lr=lr),
+                   regulariser=lambda m: m.codebook.kl_sum(), stepper=Stepper(),
+                   start=lambda run: _share(model, data, opts, run), after_epoch=merge,
+                   predict=predict_proba, cost=_shared_cost, select="last",
+                   density=lambda m: 1.0)
+    return [pre, noise, shared]
 
 
 @torch.no_grad()
@@ -300,7 +299,8 @@ def predict_proba(model: nn.Module, x: Tensor, n_samples: int, batch_size: int =
     return torch.stack(out)  # (K, N, C)
 
 
-def report(model: nn.Module) -> dict[str, float | int]:
+def report(model: nn.Module, notes: dict[str, Any] | None = None
+           ) -> dict[str, float | int]:
     """Counts, trainable-parameter ratio and storage vs mean-field (2 float32 per weight).
 
     Biases are left out of both sides. Stored bytes: a 16-bit code per weight (2 B), each cluster's
@@ -323,3 +323,7 @@ def report(model: nn.Module) -> dict[str, float | int]:
             "bytes_stored": stored, "bytes_mean_field": mean_field,
             "storage_saving": 1.0 - stored / mean_field,
             "model_size_bytes": stored + FLOAT_BYTES * biases}
+
+
+METHOD = Method("weight_sharing", "stochastic weight sharing (2DGBNN)", build, stages,
+                predict_proba, report, density="own", options=WeightSharingOptions)

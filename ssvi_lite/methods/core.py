@@ -1,0 +1,135 @@
+"""The kit's four core methods: MAP, dense mean-field VI, SSVI and the static mask
+(docs/method.md §1–5; notebooks 01–05).
+
+All four train one :class:`~ssvi_lite.loop.Stage` of the one epoch loop with
+    loss = CE_mean(logits, y) + β(e)·κ·R / N_train,
+R = KL(q ‖ p) summed over the active weights for the Bayesian three, and the Gaussian prior as a
+penalty R = ‖w‖²/(2s²) for MAP. SSVI's stepper replaces the optimiser step by a subspace update
+every ΔT steps while t < T_end (:class:`SubspaceStepper`); the others only re-apply the masks after
+each optimiser step, so inactive weights never move.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..config import TrainConfig
+from ..data import DataSplits
+from ..layers import kl_sum
+from ..loop import Stage, Stepper, make_optimizer
+from ..models import build_model
+from ..predict import predict_proba as _predict_proba
+from ..subspace import (
+    LayerSwap,
+    SwapSchedule,
+    capture_dense_grads,
+    enforce_masks,
+    init_masks,
+    rescale_to_active_fan_in,
+    swappable_layers,
+    update_subspace,
+)
+from . import Method
+
+UpdateCallback = Callable[[int, list[LayerSwap]], None]
+
+
+def build(cfg: TrainConfig, data: DataSplits, generator: torch.Generator | None = None
+          ) -> nn.Module:
+    """The network of ``cfg`` for ``data`` (Bayesian unless MAP); masks drawn for ssvi/static."""
+    model = build_model(cfg, data.input_shape, data.n_classes, generator)
+    if cfg.method in ("ssvi", "static"):
+        init_masks(model, cfg.density, cfg.mask_init, cfg.first_layer_dense, generator)
+        if cfg.mu_init == "kaiming":
+            rescale_to_active_fan_in(model)
+    return model
+
+
+def prior_penalty(model: nn.Module, prior_sigma: float) -> Tensor:
+    """‖w‖² / (2 s²) over the weights of Linear/Conv2d layers (MAP's Gaussian prior)."""
+    weights = [m.weight for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    return sum((w**2).sum() for w in weights) / (2 * prior_sigma**2)
+
+
+class MaskStepper(Stepper):
+    """After each optimiser step, θ = 0 again wherever the mask is off (weight decay, momentum)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def end(self, t: int, optimizer: torch.optim.Optimizer) -> None:
+        enforce_masks(self.model)
+
+
+class SubspaceStepper(MaskStepper):
+    """SSVI's schedule (docs/method.md §5): on update steps the dense gradients of the swappable
+    layers are captured during the backward pass and the subspace update replaces the optimiser
+    step; ``on_update(step, swaps)`` sees what each update did."""
+
+    def __init__(self, model: nn.Module, schedule: SwapSchedule, removal: str, addition: str,
+                 on_update: UpdateCallback | None = None) -> None:
+        super().__init__(model)
+        self.schedule, self.removal, self.addition = schedule, removal, addition
+        self.layers = [layer for _, layer in swappable_layers(model)]
+        self.on_update = on_update
+
+    def begin(self, t: int, optimizer: torch.optim.Optimizer) -> bool:
+        update = self.schedule.is_update_step(t)
+        capture_dense_grads(self.layers, update)
+        return update
+
+    def replace(self, t: int, optimizer: torch.optim.Optimizer) -> bool:
+        if not self.schedule.is_update_step(t):
+            return False
+        swaps = update_subspace(self.model, self.schedule.zeta(t), self.removal, self.addition,
+                                optimizer)
+        if self.on_update is not None:  # it may read the layers' dense_grad
+            self.on_update(t, swaps)
+        capture_dense_grads(self.layers, False)
+        return True
+
+
+def core_stage(model: nn.Module, data: DataSplits, cfg: TrainConfig, name: str = "train",
+               on_update: UpdateCallback | None = None) -> Stage:
+    """The single stage of map/vi/ssvi/static with ``cfg`` (also the dense-VI and fine-tune stages
+    of post-hoc pruning and the first stages of weight sharing)."""
+    if cfg.method == "ssvi":
+        steps = cfg.epochs * -(-data.n_train // cfg.batch_size)
+        schedule = SwapSchedule(steps, cfg.update_interval, cfg.alpha, cfg.t_end_fraction)
+        stepper: Stepper = SubspaceStepper(model, schedule, cfg.removal, cfg.addition, on_update)
+    else:
+        stepper = MaskStepper(model)
+    regulariser = ((lambda m: prior_penalty(m, cfg.prior_sigma)) if cfg.method == "map"
+                   else kl_sum)
+    return Stage(name, cfg, optimizer=lambda m: make_optimizer(m, cfg), regulariser=regulariser,
+                 stepper=stepper)
+
+
+def stages(model: nn.Module, data: DataSplits, cfg: TrainConfig,
+           on_update: UpdateCallback | None = None) -> list[Stage]:
+    return [core_stage(model, data, cfg, on_update=on_update)]
+
+
+def predict_proba(model: nn.Module, x: Tensor, n_samples: int) -> Tensor:
+    """K posterior draws (``sample`` mode), (K, N, C); K = 1 for MAP."""
+    return _predict_proba(model, x, n_samples, "sample")
+
+
+def report(model: nn.Module, notes: dict[str, Any] | None = None
+           ) -> dict[str, Any]:
+    return {}
+
+
+def _record(name: str, title: str, density: str, **traits: Any) -> Method:
+    return Method(name, title, build, stages, predict_proba, report, density=density, **traits)
+
+
+METHODS = (
+    _record("map", "MAP", "dense"),
+    _record("vi", "dense VI", "dense"),
+    _record("ssvi", "SSVI", "target", uses_removal=True, uses_addition=True),
+    _record("static", "static random mask", "target"),
+)
