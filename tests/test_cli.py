@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from ssvi_lite import metrics
+from ssvi_lite.checkpoint import load as load_checkpoint
 from ssvi_lite.cli import main
 from ssvi_lite.config import make_config
 from ssvi_lite.data import read_idx
-from ssvi_lite.train import load_checkpoint
 
 TINY = ["--epochs", "1", "--n-train", "256", "--hidden", "16", "--no-progress"]
 
@@ -36,7 +36,7 @@ def test_train_writes_json_and_a_checkpoint_that_resumes(tmp_path, capsys) -> No
     assert main(args) == 0
     row = json.loads(out.read_text())
     assert row["method"] == "ssvi" and row["epochs"] == 1
-    assert load_checkpoint(ckpt)["epoch"] == 1
+    assert load_checkpoint(ckpt)["progress"]["epoch"] == 1
     assert main([*args, "--resume"]) == 0  # already finished: resumes to the same numbers
     assert json.loads(out.read_text())["accuracy"] == row["accuracy"]
 
@@ -116,7 +116,7 @@ def test_corrupt_data_file_names_the_file(tmp_path) -> None:
 
 
 def test_method_options_are_read_as_json_where_they_are_json() -> None:
-    from ssvi_lite.cli import parse_method_options
+    from ssvi_lite.config import parse_method_options
 
     assert parse_method_options(["n_cycles=4", "temperature=null", "lr_max=0.25", "name=snr_abs",
                                  "flag=true", "sizes=[1, 2]"]) == {

@@ -11,6 +11,7 @@ from torch.func import functional_call
 from ssvi_lite.config import make_config, seed_everything
 from ssvi_lite.data import DataSplits
 from ssvi_lite.methods import em_mcmc
+from ssvi_lite.train import fit
 
 
 def _toy_data(n_train: int = 96, d: int = 8, n_classes: int = 3, seed: int = 0) -> DataSplits:
@@ -35,13 +36,16 @@ def _cfg(**opts):
 
 def test_options_reject_unknown_and_bad_values() -> None:
     with pytest.raises(ValueError, match="valid ones: n_cycles"):
-        em_mcmc.options(_cfg(n_cycle=3))
+        _cfg(n_cycle=3)
     with pytest.raises(ValueError, match="em_start_cycle"):
-        em_mcmc.options(_cfg(n_cycles=2, em_start_cycle=3))
+        _cfg(n_cycles=2, em_start_cycle=3)
     with pytest.raises(ValueError, match="hard_quantile"):
-        em_mcmc.options(_cfg(hard_quantile=0.8, soft_quantile=0.5))
-    opts = em_mcmc.options(_cfg())
+        _cfg(hard_quantile=0.8, soft_quantile=0.5)
+    with pytest.raises(ValueError, match="n_cycles='3' must be of type int"):
+        _cfg(n_cycles="3")
+    opts = em_mcmc.METHOD.parse_options(_cfg().method_options)
     assert opts.first_snapshot_cycle == opts.em_start_cycle == 2 and opts.beta1 == 0.1
+    assert _cfg().lr == 0.5  # the method's own default step size C0², recorded in the config
 
 
 @pytest.mark.parametrize("t, expected_factor", [(0, 1.0), (15, 0.5), (30, 1.0), (45, 0.5),
@@ -122,9 +126,9 @@ def test_pruned_groups_stay_exactly_zero_through_later_steps() -> None:
 def test_fit_trains_prunes_and_predicts_with_the_snapshots() -> None:
     data = _toy_data()
     cfg = _cfg(n_cycles=2, em_start_cycle=2, first_snapshot_cycle=1, soft_quantile=0.5,
-               hard_quantile=0.3, lr_max=0.3)
+               hard_quantile=0.3).replace(lr=0.3)
     model = em_mcmc.build(cfg, data, seed_everything(0))
-    history = em_mcmc.fit(model, data, cfg)
+    history = fit(model, data, cfg)
     expected = {"epoch", "nll", "train_acc", "val_acc", "val_nll", "val_ece", "density",
                 "train_flops", "wall_time_s"}
     assert expected <= set(history.columns) and len(history) == 4

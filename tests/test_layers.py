@@ -20,6 +20,7 @@ from ssvi_lite.layers import (
     set_mode,
     softplus_inverse,
 )
+from ssvi_lite.subspace import capture_dense_grads
 
 TINY_SIGMA = 1e-12
 
@@ -109,7 +110,7 @@ def test_dense_gradient_capture_sees_inactive_entries(generator) -> None:
     layer.mask.zero_()
     layer.mask[0, 0] = True
     layer.mode = "mean"
-    layer.capture_dense_grad = True
+    capture_dense_grads([layer], True)
     x = torch.randn(8, 7, generator=generator)
     layer(x).sum().backward()
     expected = torch.ones(8, 5).T @ x  # ∂Σ(x Wᵀ)/∂W for every entry, active or not

@@ -11,10 +11,14 @@ import pytest
 import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
-# Each module may import only modules listed before it (architecture.md, "Suggested modules").
+# Each module may import only modules listed before it (the README's "Architecture" section).
 ORDER = ["fileio", "criteria", "config", "fetch", "datafiles", "data", "metrics", "layers",
-         "models", "subspace", "distributed", "costs", "train", "experiment", "methods", "sweep",
-         "report", "plots", "compare", "widgets", "cli", "__main__", "__init__"]
+         "models", "subspace", "distributed", "costs", "predict", "checkpoint", "loop", "methods",
+         "train", "experiment", "sweep", "report", "plots", "compare", "widgets", "cli",
+         "__main__", "__init__"]
+# The one import that runs upwards: config looks the method up in the registry, inside its
+# functions, to validate method names and options and to apply a method's defaults.
+LAZY_UPWARD = {("config", "methods")}
 
 
 def _requirements() -> set[str]:
@@ -69,6 +73,8 @@ def test_modules_import_only_earlier_modules(path: Path) -> None:
     assert me in ORDER, f"add {me} to ORDER in this test (and to architecture notes)"
     for other in _imports(path) - {me}:
         assert other in ORDER, f"{path.name} imports unknown module {other}"
+        if (me, other) in LAZY_UPWARD:
+            continue
         assert ORDER.index(other) < ORDER.index(me), f"{path.name} imports {other}, which is later"
 
 

@@ -17,6 +17,7 @@ from ssvi_lite.layers import mean_field_layers
 from ssvi_lite.methods import posthoc
 from ssvi_lite.models import build_model
 from ssvi_lite.subspace import model_density
+from ssvi_lite.train import fit
 
 
 def _model(generator, hidden=(12, 8)) -> torch.nn.Module:
@@ -49,7 +50,7 @@ def test_prune_keeps_the_per_layer_top_k(removal: str, density: float, generator
     posthoc.prune_to_density(model, density, removal)
     for (_, layer), (mu, sigma) in zip(mean_field_layers(model), before):
         n = layer.n_weights
-        assert layer.n_active == n - round((1 - density) * n) and not layer.sparse
+        assert layer.n_active == n - round((1 - density) * n)
         assert bool((layer.mu[~layer.mask] == 0).all())
         torch.testing.assert_close(layer.mu[layer.mask].detach(), mu[layer.mask])
         if removal in ORACLE_SCORES:  # independent oracle: every kept score ≥ every pruned one
@@ -81,9 +82,9 @@ def test_bad_input_is_rejected(generator) -> None:
     with pytest.raises(ValueError, match="mean-field"):
         posthoc.prune_to_density(torch.nn.Linear(3, 2), 0.5, "snr_abs")
     with pytest.raises(ValueError, match="fine_tune_epochs"):
-        posthoc.parse_options({"finetune_epochs": 2})
+        posthoc.METHOD.parse_options({"finetune_epochs": 2})
     with pytest.raises(ValueError, match="fine_tune_epochs"):
-        posthoc.parse_options({"fine_tune_epochs": -1})
+        posthoc.METHOD.parse_options({"fine_tune_epochs": -1})
 
 
 def test_first_layer_dense_and_erk_pass_through(generator) -> None:
@@ -103,7 +104,7 @@ def test_fit_counts_dense_training_plus_fine_tune_and_recovers() -> None:
                       method_options={"fine_tune_epochs": 2})
     model = posthoc.build(cfg, data, seed_everything(0))
     dense_f = forward_flops(layer_costs(model, data.input_shape), 1, dense=True)
-    history = posthoc.fit(model, data, cfg)
+    history = fit(model, data, cfg)
     assert list(history["stage"]) == ["dense"] * 5 + ["fine_tune"] * 2
     assert list(history["epoch"]) == list(range(1, 8))
     sparse_f = forward_flops(layer_costs(model, data.input_shape), 1)
@@ -111,7 +112,7 @@ def test_fit_counts_dense_training_plus_fine_tune_and_recovers() -> None:
     assert history["train_flops"].iloc[-1] == pytest.approx(expected)
     assert history["wall_time_s"].is_monotonic_increasing
     assert history["density"].iloc[-1] == pytest.approx(0.25, abs=0.02)
-    rep = posthoc.report(model)
+    rep = posthoc.report(model, history.attrs["notes"])
     assert rep["density"] == pytest.approx(model_density(model))
     assert rep["removal"] == cfg.removal and rep["fine_tune_epochs"] == 2
     tuned = history.loc[history["stage"] == "fine_tune", "val_acc"].max()
@@ -126,7 +127,7 @@ def test_zero_fine_tune_epochs_is_one_shot_pruning() -> None:
                       batch_size=32, n_eval_samples=2, progress=False,
                       method_options={"fine_tune_epochs": 0})
     model = posthoc.build(cfg, data, seed_everything(0))
-    history = posthoc.fit(model, data, cfg)
+    history = fit(model, data, cfg)
     assert list(history["stage"]) == ["dense", "dense"]
     assert model_density(model) == pytest.approx(0.5, abs=0.02)
 

@@ -18,16 +18,18 @@ from ssvi_lite.layers import (
     forward_mode,
     mean_field_layers,
 )
+from ssvi_lite.loop import make_optimizer
 from ssvi_lite.subspace import (
     SwapSchedule,
+    capture_dense_grads,
     enforce_masks,
     init_masks,
     layer_densities,
     model_density,
     rescale_to_active_fan_in,
+    swappable_layers,
     update_subspace,
 )
-from ssvi_lite.train import make_optimizer
 
 
 def _net(widths: tuple[int, ...], conv: bool = False) -> nn.Module:
@@ -55,14 +57,14 @@ def test_uniform_masks_have_exact_counts(density: float, generator) -> None:
         n = layer.n_weights
         assert layer.n_active == n - round((1 - density) * n)
         assert (layer.mu[~layer.mask] == 0).all()
-        assert layer.sparse == (layer.n_active < n)
 
 
 def test_first_layer_dense_keeps_it_whole(generator) -> None:
     net = _net((100, 30, 10))
     densities = init_masks(net, 0.1, first_layer_dense=True, generator=generator)
     first, second = (layer for _, layer in mean_field_layers(net))
-    assert densities[0] == 1.0 and not first.sparse and second.sparse
+    assert densities[0] == 1.0
+    assert [n for n, _ in swappable_layers(net)] == [n for n, _ in mean_field_layers(net)][1:]
     assert model_density(net) == pytest.approx((3000 + 30) / 3300, abs=1e-3)
 
 
@@ -110,8 +112,7 @@ def _one_update(net, generator, zeta, removal="snr_abs", addition="grad"):
     net(x).square().mean().backward()  # fill momentum buffers for every parameter
     optimizer.step()
     optimizer.zero_grad()
-    for _, layer in mean_field_layers(net):
-        layer.capture_dense_grad = True
+    capture_dense_grads([layer for _, layer in mean_field_layers(net)], True)
     net(x).square().mean().backward()
     before = {n: (layer.mask.clone(), layer.mu.detach().clone(), layer.rho.detach().clone(),
                   removal_score(removal, layer.mu, layer.sigma).detach(), layer.dense_grad.abs())
@@ -132,7 +133,7 @@ def test_update_invariants(widths, conv, density, zeta, seed, removal) -> None:
     by_name = {s.name: s for s in swaps}
     for name, layer in mean_field_layers(net):
         old_mask, old_mu, old_rho, keep_score, grad = before[name]
-        if not layer.sparse:
+        if old_mask.all():  # a dense layer is never swapped
             assert name not in by_name and torch.equal(layer.mask, old_mask)
             continue
         swap = by_name[name]

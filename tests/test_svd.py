@@ -16,6 +16,7 @@ from ssvi_lite.data import DataSplits
 from ssvi_lite.experiment import run
 from ssvi_lite.layers import MeanFieldConv2d, MeanFieldLinear, kl_sum, mean_field_layers
 from ssvi_lite.methods import svd
+from ssvi_lite.train import fit
 
 K1 = 0.63576
 
@@ -116,7 +117,7 @@ def test_to_sparse_vd_copies_means_and_biases(generator) -> None:
 
 def test_unknown_option_is_rejected_with_the_valid_names() -> None:
     with pytest.raises(ValueError, match="log_sigma2_init"):
-        svd.parse_options({"threshhold": 3})
+        svd.METHOD.parse_options({"threshhold": 3})
 
 
 def test_training_prunes_easy_data_and_keeps_the_informative_inputs() -> None:
@@ -124,7 +125,7 @@ def test_training_prunes_easy_data_and_keeps_the_informative_inputs() -> None:
     cfg = make_config("kit", method="svd", hidden=(16,), epochs=12, batch_size=32, lr=1e-2,
                       n_eval_samples=3, progress=False)
     model = svd.build(cfg, data, seed_everything(0))
-    history = svd.fit(model, data, cfg)
+    history = fit(model, data, cfg)
     assert len(history) == 12 and history["train_flops"].is_monotonic_increasing
     assert all(math.isfinite(v) for v in history["nll"])
     assert history["density"].iloc[-1] < history["density"].iloc[0]
@@ -140,11 +141,11 @@ def test_training_prunes_easy_data_and_keeps_the_informative_inputs() -> None:
 
 
 def test_experiment_run_end_to_end() -> None:
-    cfg = make_config("kit", method="svd", density=0.1, epochs=2, n_train=400, progress=False)
+    cfg = make_config("kit", method="svd", epochs=2, n_train=400, progress=False)
     result = run(cfg, with_ood=False)
     row = result.row
     assert row["method"] == "svd" and 0 < row["density"] < 1  # cfg.density is not a target
     assert row["density"] == pytest.approx(svd.report(result.model)["density"])
-    assert row["log_alpha_threshold"] == 3.0 and row["target_density"] == 0.1
+    assert row["log_alpha_threshold"] == 3.0 and row["target_density"] == 1.0
     assert 0.0 <= row["accuracy"] <= 1.0 and math.isfinite(row["nll"])
     assert row["train_flops_ratio"] == pytest.approx(1.0)  # dense training, same epochs as VI

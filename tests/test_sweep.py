@@ -37,7 +37,9 @@ def test_methods_that_ignore_density_or_scores_run_once() -> None:
     counts = pd.Series([c.method for c in cfgs]).value_counts().to_dict()
     assert counts == {"map": 1, "vi": 1, "ssvi": 4, "static": 2}
     assert all(c.density == 1.0 for c in cfgs if c.method in ("map", "vi"))
-    assert canonical(make_config("kit", method="em_mcmc", density=0.3)).density == 1.0
+    assert canonical(make_config("kit", method="em_mcmc")).density == 1.0
+    with pytest.raises(ValueError, match="em_mcmc.*reaches a density of its own.*density=0.3"):
+        make_config("kit", method="em_mcmc", density=0.3)
 
 
 @pytest.mark.parametrize("axes, match", [({"densty": [0.1]}, "not a TrainConfig field"),
@@ -184,9 +186,9 @@ def test_worker_resumes_an_interrupted_run_from_its_checkpoint(tmp_path, monkeyp
     def interrupt(step, swaps):  # the update at step 5 lies in epoch 2 (4 steps per epoch)
         raise KeyboardInterrupt
 
-    fit = experiment.CORE.fit
+    fit = experiment.fit
     with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
-        patch.setattr(experiment.CORE, "fit", lambda *a, **k: fit(*a, **k, on_update=interrupt))
+        patch.setattr(experiment, "fit", lambda *a, **k: fit(*a, **k, on_update=interrupt))
         run_worker(cfg_path, tmp_path / "never.json", ckpt)
     assert ckpt.is_file() and not (tmp_path / "never.json").exists()
     run_worker(cfg_path, tmp_path / "resumed.json", ckpt)

@@ -8,11 +8,14 @@ import pandas as pd
 import pytest
 import torch
 
+from ssvi_lite.checkpoint import load as load_checkpoint
 from ssvi_lite.config import make_config, seed_everything
 from ssvi_lite.data import load_dataset
 from ssvi_lite.experiment import prepare_model, run
 from ssvi_lite.layers import mean_field_layers
-from ssvi_lite.train import evaluate, fit, kl_weight, load_checkpoint, predict_proba
+from ssvi_lite.loop import kl_weight
+from ssvi_lite.predict import evaluate, predict_proba
+from ssvi_lite.train import fit
 
 HISTORY_COLUMNS = {"epoch", "step", "loss", "nll", "kl", "kl_weight", "train_acc", "val_acc",
                    "val_nll", "val_ece", "density", "train_flops", "wall_time_s", "lr"}
@@ -83,7 +86,7 @@ def test_resume_after_interruption_gives_the_same_numbers(tmp_path, data) -> Non
     with pytest.raises(KeyboardInterrupt):
         fit(prepare_model(cfg, data, seed_everything(0)), data, cfg, checkpoint=ckpt,
             on_update=interrupt)
-    assert load_checkpoint(ckpt, cfg)["epoch"] == 2
+    assert load_checkpoint(ckpt, cfg)["progress"]["epoch"] == 2
     seed_everything(123)  # resuming must not depend on the global RNG at start
     resumed = fit(prepare_model(cfg, data, seed_everything(5)), data, cfg, checkpoint=ckpt,
                   resume=True)

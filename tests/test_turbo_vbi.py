@@ -15,6 +15,7 @@ from scipy import integrate, ndimage, stats
 from ssvi_lite.config import make_config, seed_everything
 from ssvi_lite.data import DataSplits
 from ssvi_lite.methods import turbo_vbi
+from ssvi_lite.train import fit
 
 OPTS = turbo_vbi.TurboVBIOptions(a=1.5, b=0.3, a_bar=4.0, b_bar=0.02)
 
@@ -35,11 +36,12 @@ def _toy_data(n_train: int = 128, d: int = 10, n_classes: int = 3, seed: int = 0
 
 
 def test_options_reject_unknown_and_bad_values() -> None:
-    cfg = make_config("kit", method="turbo_vbi", method_options={"p_11": 0.9})
     with pytest.raises(ValueError, match="valid ones: a, b"):
-        turbo_vbi.options(cfg)
+        make_config("kit", method="turbo_vbi", method_options={"p_11": 0.9})
     with pytest.raises(ValueError, match="p01"):
-        turbo_vbi.options(cfg.replace(method_options={"p01": 1.0}))
+        turbo_vbi.METHOD.parse_options({"p01": 1.0})
+    with pytest.raises(ValueError, match="bp_iters=2.5 must be of type int"):
+        turbo_vbi.METHOD.parse_options({"bp_iters": 2.5})
 
 
 def test_kl_to_precision_matches_torch_distributions() -> None:
@@ -166,7 +168,7 @@ def test_fit_trains_and_pruned_weights_are_exactly_zero() -> None:
     data = _toy_data()
     cfg = _cfg()
     model = turbo_vbi.build(cfg, data, seed_everything(0))
-    history = turbo_vbi.fit(model, data, cfg)
+    history = fit(model, data, cfg)
     assert {"epoch", "nll", "train_acc", "val_acc", "val_nll", "val_ece", "density",
             "train_flops", "wall_time_s"} <= set(history.columns)
     assert history["nll"].iloc[-1] < history["nll"].iloc[0]
@@ -189,7 +191,7 @@ def test_ablation_keeps_the_prior_at_one_half() -> None:
     data = _toy_data()
     cfg = _cfg(message_passing=False)
     model = turbo_vbi.build(cfg, data, seed_everything(0))
-    turbo_vbi.fit(model, data, cfg.replace(epochs=1))
+    fit(model, data, cfg.replace(epochs=1))
     for k in range(len(model.layers())):
         assert model.state_of(k)["pi"].eq(0.5).all()
 

@@ -21,6 +21,7 @@ from ssvi_lite.data import DataSplits
 from ssvi_lite.experiment import run
 from ssvi_lite.methods import weight_sharing as ws
 from ssvi_lite.methods.codebook import Codebook, kmeans, make_codebook, w2_squared
+from ssvi_lite.train import fit
 
 TINY = {"pretrain_epochs": 1, "noise_epochs": 1, "n_clusters": 6, "min_cluster_size": 2,
         "outlier_grad_fraction": 0.02, "kmeans_iters": 10}
@@ -196,9 +197,9 @@ def test_kmeans_matches_scikit_learn_on_blobs() -> None:
 # ----------------------------------------------------------------------------- the pipeline
 def test_unknown_option_is_rejected_with_the_valid_names() -> None:
     with pytest.raises(ValueError, match="n_clusters"):
-        ws.parse_options({"n_cluster": 64})
+        ws.METHOD.parse_options({"n_cluster": 64})
     with pytest.raises(ValueError, match="16-bit"):
-        ws.parse_options({"n_clusters": 70_000})
+        ws.METHOD.parse_options({"n_clusters": 70_000})
 
 
 def test_pipeline_trains_a_few_steps_and_reports() -> None:
@@ -206,13 +207,13 @@ def test_pipeline_trains_a_few_steps_and_reports() -> None:
     cfg = make_config("kit", method="weight_sharing", hidden=(16,), epochs=2, batch_size=32,
                       n_eval_samples=2, progress=False, method_options=TINY)
     model = ws.build(cfg, data, seed_everything(0))
-    history = ws.fit(model, data, cfg)
+    history = fit(model, data, cfg)
     assert list(history["stage"]) == ["map", "noise", "shared", "shared"]
     assert list(history["epoch"]) == [1, 2, 3, 4]
     assert history["train_flops"].is_monotonic_increasing
     assert history["wall_time_s"].is_monotonic_increasing
     assert all(math.isfinite(v) for v in history["nll"])
-    rep = ws.report(model)
+    rep = ws.report(model, {})
     assert rep["density"] == 1.0 and rep["n_weights"] == 12 * 16 + 16 * 2
     assert rep["n_inliers"] + rep["n_ellipse_points"] + rep["n_outliers"] == rep["n_weights"]
     assert rep["trainable_params"] == 5 * rep["n_gaussians"] + 2 * rep["n_outliers"]
@@ -231,7 +232,7 @@ def test_pipeline_runs_on_a_conv_net() -> None:
     cfg = make_config("kit", method="weight_sharing", model="lenet", epochs=1, batch_size=16,
                       n_eval_samples=2, progress=False, method_options=TINY)
     model = ws.build(cfg, data, seed_everything(0))
-    history = ws.fit(model, data, cfg)
+    history = fit(model, data, cfg)
     assert len(history) == 3 and all(math.isfinite(v) for v in history["nll"])
     weights = model.sample_weights()
     assert weights["features.0.weight"].shape == (6, 1, 5, 5)
@@ -239,7 +240,7 @@ def test_pipeline_runs_on_a_conv_net() -> None:
 
 
 def test_experiment_run_end_to_end() -> None:
-    cfg = make_config("kit", method="weight_sharing", density=0.1, epochs=2, n_train=400,
+    cfg = make_config("kit", method="weight_sharing", epochs=2, n_train=400,
                       progress=False)
     row = run(cfg, with_ood=False).row
     assert row["method"] == "weight_sharing" and row["density"] == 1.0
