@@ -13,8 +13,8 @@ import tomllib
 ROOT = Path(__file__).resolve().parents[1]
 # Each module may import only modules listed before it (architecture.md, "Suggested modules").
 ORDER = ["fileio", "criteria", "config", "fetch", "datafiles", "data", "metrics", "layers",
-         "models", "subspace", "distributed", "costs", "train", "experiment", "methods", "sweep",
-         "report", "plots", "compare", "widgets", "cli", "__main__", "__init__"]
+         "models", "subspace", "distributed", "costs", "train", "experiment", "methods", "jobs",
+         "engine", "sweep", "report", "plots", "compare", "widgets", "cli", "__main__", "__init__"]
 
 
 def _requirements() -> set[str]:
