@@ -82,9 +82,17 @@ def _log_of(job: Any, error: str) -> str:
 
 
 def _forget(job: Any) -> None:
-    """Delete a collected job's pickles and logs (what matters went to the run's own files)."""
+    """Delete an ended job's pickles and logs (what matters went to the run's own files): a later
+    job with the same id (a local job's id is a pid) must not find them."""
     for path in Path(job.paths.folder).glob(f"{job.job_id}_*"):
         path.unlink(missing_ok=True)
+
+
+def _clear(folder: Path) -> None:
+    """Delete job files left in ``folder`` by a sweep that was killed (the lock makes it ours)."""
+    for path in folder.glob("*"):
+        if path.is_file() and path.name != "controllers.log":
+            path.unlink()
 
 
 def _signal_group(group: int, sig: int) -> None:
@@ -209,6 +217,8 @@ class _Pool:
     def stop_all(self) -> None:
         with _signals_held():  # a second Ctrl-C must not cut the cancelling short
             stop_jobs(list(self.running))
+            for job in self.running:
+                _forget(job)
 
 
 def run_tasks(tasks: Sequence[Task], folder: str | Path, cluster: Cluster, *,
@@ -220,6 +230,7 @@ def run_tasks(tasks: Sequence[Task], folder: str | Path, cluster: Cluster, *,
     fair share of the cores. On any exception (KeyboardInterrupt, SIGTERM) the jobs still running
     are stopped before it goes on; the ones that ended were reported already.
     """
+    _clear(Path(folder))
     slots = [devices[w % len(devices)] for w in range(workers)]
     threads = cluster.cpus_per_job
     if threads is None and cluster.kind == "local":
