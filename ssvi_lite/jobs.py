@@ -87,9 +87,10 @@ class Cluster:
             raise ValueError(f"cluster {self.kind!r} is not known; choose {', '.join(CLUSTERS)}")
         for name in ("time_min", "gpus_per_job", "cpus_per_job"):
             value = getattr(self, name)
+            least = 0 if name == "gpus_per_job" else 1
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                      or value < (0 if name == "gpus_per_job" else 1)):
-                raise ValueError(f"{name}={value!r} must be a positive whole number")
+                                      or value < least):
+                raise ValueError(f"{name}={value!r} must be a whole number ≥ {least}")
 
 
 class SessionLocalExecutor(submitit.LocalExecutor):

@@ -170,6 +170,8 @@ def run_sweep(configs: Sequence[TrainConfig], out_dir: str | Path, *, workers: i
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
                                 or workers < 1):
         raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    if timeout_s is not None and not timeout_s > 0:
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout_s!r}")
     say = print if verbose else (lambda *a, **k: None)
     with jobs.folder_lock(out_dir):
         todo = [c for c in configs if _finished_row(out_dir, run_id(c)) is None]

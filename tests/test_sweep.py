@@ -214,6 +214,8 @@ def test_bad_devices_workers_and_clusters_are_rejected(tmp_path) -> None:
         run_sweep(cfgs, tmp_path, workers=0, devices=["cpu"])
     with pytest.raises(ValueError, match="cluster 'k8s' is not known"):
         run_sweep(cfgs, tmp_path, cluster="k8s")
+    with pytest.raises(ValueError, match="timeout"):
+        run_sweep(cfgs, tmp_path, timeout_s=0, devices=["cpu"])
     with pytest.raises(ValueError, match="cpus_per_job=0"):
         jobs.Cluster("local", cpus_per_job=0)
 
