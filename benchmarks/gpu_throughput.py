@@ -18,7 +18,7 @@ Methods, measured one after the other in one process on the same device:
 - ``ssvi``: density ``--density`` (0.1), subspace updates every ``--update-interval`` steps for the
   whole run (``t_end_fraction = 1``: slightly more updates than the paper's 75 %), update steps
   included in the timing. Masks are dense tensors on the GPU, so SSVI is not expected to be
-  faster than dense VI in wall time; the FLOP saving is analytic (method.md §8).
+  faster than dense VI in wall time; the FLOP saving is analytic (docs/method.md §8).
 Targets printed with the result: time per image dense VI / deterministic ≤ 2.3 and
 SSVI / dense VI ≤ 1.1. Peak memory is torch.cuda.max_memory_allocated() per method.
 """

@@ -1,14 +1,17 @@
 """Every method on the same axes: SSVI and its baselines across densities and seeds (issue 5 §3).
 
 ``python -m ssvi_lite compare --densities 0.5 0.2 0.1 0.05 --seeds 3`` trains, on the embedded MNIST
-subset by default, each method through :func:`ssvi_lite.sweep.run_sweep` (one process per run,
-resumable):
+subset by default, each method through :func:`ssvi_lite.sweep.run_sweep` (one job per run, on this
+machine by default, ``--cluster debug`` in this process, ``--cluster slurm`` on Slurm; resumable,
+one comparison at a time per folder):
 - methods that target a density (ssvi, static, posthoc) once per density and seed;
 - map and dense VI once per seed, at density 1;
 - methods that reach a density of their own (em_mcmc, turbo_vbi, svd, weight_sharing) once per
   seed, drawn on the same axes at the density they reach.
-It writes the tidy table OUT/results.csv (one line per run, status ok/failed) and four figures
-(mean ± std over seeds): accuracy, NLL and ECE (15 bins) vs density, accuracy vs training FLOPs.
+It writes the tidy table OUT/results.csv (one line per run, status ok/failed; merged with the lines
+already there) and four figures (mean ± std over seeds): accuracy, NLL and ECE (15 bins) vs
+density, accuracy vs training FLOPs. OUT defaults to ``runs/compare``; the committed table is
+refreshed only on purpose, with ``--out results/compare``.
 """
 from __future__ import annotations
 
@@ -22,9 +25,17 @@ import pandas as pd
 from .config import PRESETS, TrainConfig
 from .methods import NAMES, REGISTRY
 from .report import paper_table
-from .sweep import base_config, expand_grid, run_sweep
+from .sweep import (
+    Cluster,
+    add_job_arguments,
+    base_config,
+    cluster_from_args,
+    expand_grid,
+    run_sweep,
+)
 
 DEFAULT_DENSITIES = (0.5, 0.2, 0.1, 0.05)
+DEFAULT_OUT = "runs/compare"  # not results/compare: that table is committed
 FIGURES = (("accuracy", "density"), ("nll", "density"), ("ece", "density"),
            ("accuracy", "flops"))
 
@@ -66,10 +77,10 @@ def compare_configs(base: TrainConfig, methods: Sequence[str], densities: Sequen
 def run_compare(base: TrainConfig, methods: Sequence[str], densities: Sequence[float],
                 seeds: Sequence[int], out_dir: str | Path, *, workers: int | None = None,
                 devices: Sequence[str] | None = None, timeout_s: float | None = None,
-                figures: bool = True) -> pd.DataFrame:
+                cluster: str | Cluster = "local", figures: bool = True) -> pd.DataFrame:
     """Run (or resume) the comparison; returns the tidy table and writes results.csv + figures."""
     table = run_sweep(compare_configs(base, methods, densities, seeds), out_dir, workers=workers,
-                      devices=devices, timeout_s=timeout_s)
+                      devices=devices, timeout_s=timeout_s, cluster=cluster)
     done = table[table["status"] == "ok"]
     if figures and len(done):
         for path in make_figures(done, out_dir):
@@ -109,11 +120,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-train", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--hidden", type=int, nargs="+", help="MLP hidden widths")
-    parser.add_argument("--out", default="results/compare")
-    parser.add_argument("--workers", type=int)
-    parser.add_argument("--devices", nargs="+")
-    parser.add_argument("--timeout", type=float, help="seconds before one run counts as failed")
+    parser.add_argument("--out", default=DEFAULT_OUT,
+                        help=f"folder of the table and figures (default {DEFAULT_OUT}; "
+                             "--out results/compare refreshes the committed table)")
     parser.add_argument("--no-figures", action="store_true")
+    add_job_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -122,7 +133,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         table = run_compare(base_config(args), args.methods, args.densities, range(args.seeds),
                             args.out, workers=args.workers, devices=args.devices,
-                            timeout_s=args.timeout, figures=not args.no_figures)
+                            timeout_s=args.timeout, cluster=cluster_from_args(args),
+                            figures=not args.no_figures)
     except KeyboardInterrupt:
         return 130
     done = table[table["status"] == "ok"]

@@ -1,4 +1,4 @@
-"""Removal and addition criteria of SSVI, all behind one shared top-k routine (method.md §5–§6).
+"""Removal and addition criteria of SSVI, all behind one shared top-k routine (docs/method.md §5–§6).
 
 SSVI (Li et al., ICLR 2024, §4.2) keeps a fixed number of active weights per layer. Every ΔT steps
 it *removes* the active weights with the lowest removal score and *adds* the inactive weights with
@@ -27,7 +27,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-EXP_ABS_LAMBDA = 1.0  # λ of mean_exp_abs / snr_exp_abs (method.md §6)
+EXP_ABS_LAMBDA = 1.0  # λ of mean_exp_abs / snr_exp_abs (docs/method.md §6)
 SIGMA_FLOOR = 1e-300  # σ is clamped to at least this (float64) before dividing by it
 SERIES_BELOW = 1e-3  # snr_exp_abs uses its cumulant series where λσ is below this
 _SQRT2 = math.sqrt(2.0)
@@ -68,7 +68,7 @@ def _folded_parts(z: Tensor) -> tuple[Tensor, Tensor]:
 
 # ----------------------------------------------------------------------------- closed forms
 def folded_normal_mean(mu: Tensor, sigma: Tensor) -> Tensor:
-    """E abs(θ) for θ ~ N(μ, σ²), the mean of the folded normal (method.md §6, ``mean_abs``).
+    """E abs(θ) for θ ~ N(μ, σ²), the mean of the folded normal (docs/method.md §6, ``mean_abs``).
 
     m1 = μ·erf(μ/(σ√2)) + σ·√(2/π)·exp(−μ²/(2σ²)),
     evaluated as σ·(z + d(z)) with z = abs(μ)/σ (see ``_folded_parts``). m1 → abs(μ) when
@@ -94,7 +94,7 @@ def _log_exp_abs_moment(a: Tensor, sigma: Tensor, lam: float) -> Tensor:
 
 
 def exp_abs_moment(mu: Tensor, sigma: Tensor, lam: float = EXP_ABS_LAMBDA) -> Tensor:
-    """E exp(λ·abs(θ)) for θ ~ N(μ, σ²), the moment generating function of abs(θ) (method.md §6).
+    """E exp(λ·abs(θ)) for θ ~ N(μ, σ²), the moment generating function of abs(θ) (docs/method.md §6).
 
     g(λ) = e^{λ²σ²/2 + λμ}·Φ(μ/σ + λσ) + e^{λ²σ²/2 − λμ}·Φ(−μ/σ + λσ),
     computed in log space with ``log_ndtr`` (finite up to e^{709} in float64; a float32 result
@@ -147,7 +147,7 @@ def mean_abs(mu: Tensor, sigma: Tensor) -> Tensor:
 
 
 def snr_abs(mu: Tensor, sigma: Tensor) -> Tensor:
-    """SNR of abs(θ), the paper's default: E abs(θ) / sqrt(Var abs(θ)) (method.md §6).
+    """SNR of abs(θ), the paper's default: E abs(θ) / sqrt(Var abs(θ)) (docs/method.md §6).
 
     snr_abs = m1 / sqrt(σ² + μ² − m1²), m1 = folded_normal_mean(μ, σ); evaluated as
     (z + d)/sqrt(1 − 2zd − d²), z = abs(μ)/σ, so it depends on z only and increases with it.
@@ -166,7 +166,7 @@ def mean_exp_abs(mu: Tensor, sigma: Tensor, lam: float = EXP_ABS_LAMBDA) -> Tens
 
 
 def snr_exp_abs(mu: Tensor, sigma: Tensor, lam: float = EXP_ABS_LAMBDA) -> Tensor:
-    """SNR of exp(λ·abs(θ)): g(λ) / sqrt(g(2λ) − g(λ)²) (method.md §6), λ = 1 by default.
+    """SNR of exp(λ·abs(θ)): g(λ) / sqrt(g(2λ) − g(λ)²) (docs/method.md §6), λ = 1 by default.
 
     Evaluated as 1/sqrt(expm1(D)) with D = log g(2λ) − 2 log g(λ) = s² + L(2λ) − 2L(λ) (the
     λ·abs(μ) terms cancel exactly); for s = λσ < SERIES_BELOW, D comes from its cumulant series
@@ -198,7 +198,7 @@ def _check_grad(dense_grad: Tensor) -> None:
 
 
 def grad_magnitude(dense_grad: Tensor) -> Tensor:
-    """abs(∂CE/∂μ), the dense data-term gradient of the batch (RigL's growth rule, method.md §5)."""
+    """abs(∂CE/∂μ), the dense data-term gradient of the batch (RigL's growth rule, docs/method.md §5)."""
     _check_grad(dense_grad)
     return dense_grad.detach().abs()
 
@@ -268,7 +268,7 @@ def _as_count(k: object) -> int:
 def top_k_mask(scores: Tensor, k: int, allowed: Tensor | None = None) -> Tensor:
     """Bool mask with exactly ``k`` True entries: the highest ``scores`` among ``allowed``.
 
-    The one selection routine behind every criterion (method.md §5): removal keeps the top
+    The one selection routine behind every criterion (docs/method.md §5): removal keeps the top
     (n_active − n_swap) active weights, addition activates the top n_swap of the rest. Order:
     higher score first, NaN scores last, ties broken by the lower flat (row-major) index, so the
     result is deterministic. ValueError if k < 0 or k > the number of allowed entries.
@@ -308,7 +308,7 @@ def top_k_mask(scores: Tensor, k: int, allowed: Tensor | None = None) -> Tensor:
 def removal_agreement(mask_a: Tensor, mask_b: Tensor) -> float:
     """Intersection over union of two removal sets (bool tensors): |A ∩ B| / |A ∪ B|.
 
-    1.0 when both sets are empty. Method.md §7 claim 3; notebook 03_snr_removal.
+    1.0 when both sets are empty. docs/method.md §7 claim 3; notebook 03_snr_removal.
     """
     for name, m in (("mask_a", mask_a), ("mask_b", mask_b)):
         if not isinstance(m, Tensor) or m.dtype != torch.bool:
@@ -333,7 +333,7 @@ def score_rank_correlation(scores_a: Tensor, scores_b: Tensor,
 
     ρ = Pearson correlation of the average ranks (ties share their mean rank), as
     scipy.stats.spearmanr. NaN when fewer than 2 entries, any score is NaN, or a side is constant.
-    Method.md §7 claim 3; notebook 03_snr_removal.
+    docs/method.md §7 claim 3; notebook 03_snr_removal.
     """
     if not isinstance(scores_a, Tensor) or not isinstance(scores_b, Tensor) or \
             scores_a.shape != scores_b.shape:

@@ -1,7 +1,7 @@
 """Decode the real datasets' file formats into numpy arrays (no layouts, no caching: see ``data``).
 
 Notebook 01_dense_vi introduces the loaders that call these readers (``data.load_dataset``).
-Formats (architecture.md, "Data facts"):
+Formats (as each format's publishers describe them):
 
 - MNIST / Fashion-MNIST **IDX** (:func:`read_idx`, ``.gz`` accepted): a big-endian header
   ``00 00 <dtype> <ndim>``, then ndim int32 sizes, then the data; images have magic 2051

@@ -1,4 +1,4 @@
-"""Masked mean-field Gaussian layers (method.md §1–2; notebook 01_dense_vi introduces them).
+"""Masked mean-field Gaussian layers (docs/method.md §1–2; notebook 01_dense_vi introduces them).
 
 Each weight θ_i of a Linear/Conv2d layer has q(θ_i) = N(μ_i, σ_i²) with σ = softplus(ρ), restricted
 to a binary support: θ_i = 0 exactly where ``mask`` is False. Biases stay point estimates.

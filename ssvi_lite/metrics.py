@@ -1,4 +1,4 @@
-"""Evaluation metrics of method.md §9: accuracy, NLL, Brier, ECE, entropy, MI, AUROC/AUPR.
+"""Evaluation metrics of docs/method.md §9: accuracy, NLL, Brier, ECE, entropy, MI, AUROC/AUPR.
 
 Conventions. ``probs`` are class probabilities of shape (N, C) — for a BNN the *predictive*
 p(y|x) ≈ (1/K) Σ_k softmax(f(x; θ_k)), the mean of K posterior-sample softmax outputs — or, where
@@ -103,7 +103,7 @@ def nll(probs: Any, labels: Any, eps: float = 1e-12) -> float:
     """Mean negative log-likelihood of the given (averaged) predictive, in nats.
 
     NLL = −(1/N) Σ_n log max(p_{n, y_n}, eps). For a BNN pass the mean of the K softmax outputs
-    (log of the average, not the average of logs — method.md §9).
+    (log of the average, not the average of logs — docs/method.md §9).
     """
     if not (isinstance(eps, (int, float)) and 0 <= eps < 1):
         raise ValueError(f"eps must be a number in [0, 1), got {eps!r}")
@@ -145,7 +145,7 @@ def ece(probs: Any, labels: Any, n_bins: int = 15) -> float:
     """Expected calibration error, top-label, equal-width bins, L1 (Guo et al., ICML 2017, eq. 3).
 
     ECE = Σ_m (|B_m| / N) · |acc(B_m) − conf(B_m)| over the ``n_bins`` bins of
-    :func:`reliability_bins`; empty bins contribute 0. Default 15 bins (method.md §9).
+    :func:`reliability_bins`; empty bins contribute 0. Default 15 bins (docs/method.md §9).
     """
     bins = reliability_bins(probs, labels, n_bins)
     full = bins["count"] > 0
@@ -289,7 +289,7 @@ def misclassification_auroc(probs: Any, labels: Any) -> float:
 
 
 def summarize(probs_k: Any, labels: Any, n_bins: int = 15) -> dict[str, float]:
-    """All scalar metrics of method.md §9 for K posterior-sample predictions (K, N, C).
+    """All scalar metrics of docs/method.md §9 for K posterior-sample predictions (K, N, C).
 
     The predictive is the mean over K. Keys: accuracy, nll, brier, ece (top-label, ``n_bins``
     equal-width bins), mean_entropy (of the predictive), mean_mutual_information,

@@ -2,7 +2,7 @@
 
 The only module that imports matplotlib. Every drawing function takes an optional ``ax`` (or
 Axes, one per panel) and returns the Axes or Figure it drew on. Axes name quantity and unit,
-calibration plots state their bin count (method.md §9), cost plots their FLOPs convention (§8),
+calibration plots state their bin count (docs/method.md §9), cost plots their FLOPs convention (§8),
 density is the active fraction (1 − sparsity). :func:`save_figure` writes PNGs atomically.
 
 Notebooks: 01_dense_vi (plot_history, plot_entropy_map), 03_snr_removal (plot_score_plane,
@@ -246,7 +246,7 @@ def plot_metric_vs_flops(df: Any, metric: str = "accuracy", hue: str | None = "m
     """``metric`` against training FLOPs relative to dense VI (column ``train_flops_ratio``).
 
     One point per (hue, density) configuration, mean ± std over seeds on both axes; FLOPs are
-    2 × multiply-adds (method.md §8). Used by ``ssvi_lite.compare``.
+    2 × multiply-adds (docs/method.md §8). Used by ``ssvi_lite.compare``.
     """
     x = "train_flops_ratio"
     df = _frame(df, [x, metric] + ([hue] if hue else []))

@@ -106,7 +106,7 @@ def rescale_to_active_fan_in(model: nn.Module) -> None:
 
 
 def model_density(model: nn.Module) -> float:
-    """Active weights / all Bayesian weights (first layer included), method.md §4."""
+    """Active weights / all Bayesian weights (first layer included), docs/method.md §4."""
     layers = [layer for _, layer in mean_field_layers(model)]
     if not layers:
         return 1.0

@@ -1,20 +1,24 @@
-"""Sweeps: many configurations, each trained in its own process, one results table at the end.
+"""Sweeps: many configurations, one job each, one results table that only ever grows.
 
 ``expand_grid(base, removal=[...], density=[...], seed=[...])`` makes the configurations (the
-Cartesian product of the axes); ``run_sweep(configs, "runs/sweep")`` trains each one as an
-independent ``python -m ssvi_lite.sweep --worker`` process, spread over the devices (one worker per
-CUDA device, round-robin, or CPU workers ≤ cores), and writes
+Cartesian product of the axes); ``run_sweep(configs, "runs/sweep")`` trains each one as a submitit
+job (``ssvi_lite.jobs``): by default a process of its own on this machine, spread over the devices
+(one job per CUDA device, round-robin, or CPU jobs ≤ cores / 2); ``cluster="debug"`` runs them in
+this process, ``cluster=Cluster("slurm", ...)`` as Slurm jobs. It writes
 
     runs/sweep/runs/<run-id>.json    one results row per finished run (atomic, ssvi_lite.fileio)
-    runs/sweep/runs/<run-id>.log     the output of a run that failed (kept to read)
-    runs/sweep/results.csv           every configuration of the sweep, one line each
-                                     (status ok/failed)
+    runs/sweep/runs/<run-id>.log     the output of a run that failed or timed out (kept to read)
+    runs/sweep/results.csv           one line per configuration (status ok/failed/missing), merged
+                                     with the lines already there: rows of other runs are kept
+    runs/sweep/jobs/                 submitit's pickles and logs of the jobs in flight
 
 The run id is a stable hash of the configuration (fields that do not change the result, such as
 ``device`` and ``progress``, are left out), so a second call skips every run whose JSON exists and
-an interrupted sweep resumes where it stopped; a run interrupted mid-training continues from its
-per-epoch checkpoint (runs/sweep/checkpoints/<run-id>.pt). ``python -m ssvi_lite sweep`` is the
-command line; ``ssvi_lite.compare`` builds on it.
+an interrupted sweep resumes where it stopped; a core run interrupted mid-training continues from
+its per-epoch checkpoint (runs/sweep/checkpoints/<run-id>.pt). Interrupting a sweep (Ctrl-C,
+SIGTERM) stops all its jobs. One sweep at a time per folder: an OS-level lock on
+``runs/sweep/.sweep.lock`` makes a second one fail at once with :class:`SweepBusyError`.
+``python -m ssvi_lite sweep`` is the command line; ``ssvi_lite.compare`` builds on it.
 """
 from __future__ import annotations
 
@@ -23,30 +27,27 @@ import dataclasses
 import hashlib
 import itertools
 import json
-import os
-import queue
-import subprocess
-import sys
-import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 
+from . import engine, jobs
 from .config import PRESETS, TrainConfig, make_config
-from .fileio import atomic_path, write_json
+from .fileio import atomic_path, write_json, write_text
+from .jobs import CLUSTERS, Cluster, SweepBusyError
 from .methods import NAMES, REGISTRY
+
+__all__ = ["Cluster", "SweepBusyError", "canonical", "config_from_dict", "expand_grid",
+           "results_table", "run_id", "run_sweep", "run_worker"]
 
 # Fields that do not change what a run computes: left out of the run id.
 NOT_IN_RUN_ID = ("device", "progress", "data_root")
 # traits of the methods, read from the registry
-DENSE_ONLY = tuple(n for n, m in REGISTRY.items() if m.density == "dense")  # always density 1
+DENSE_ONLY = tuple(n for n, m in REGISTRY.items() if m.density == "dense")  # at density 1
 DENSITY_FREE = tuple(n for n, m in REGISTRY.items() if m.density == "own")  # their own density
-USES_REMOVAL = tuple(n for n, m in REGISTRY.items() if m.uses_removal)  # the rest ignore the scores
+USES_REMOVAL = tuple(n for n, m in REGISTRY.items() if m.uses_removal)  # others ignore the scores
 TABLE_FIRST = ("run_id", "status", "method", "dataset", "model", "target_density", "density",
                "removal", "addition", "seed", "accuracy", "nll", "ece", "brier")
 
@@ -118,130 +119,71 @@ def config_from_dict(fields: dict[str, Any]) -> TrainConfig:
     return TrainConfig(**fields)
 
 
-# ----------------------------------------------------------------------------- one run (worker)
-def run_worker(config_path: str | Path, json_path: str | Path,
-               checkpoint: str | Path | None = None) -> None:
-    """Train one configuration (read from ``config_path``) and write its results row atomically.
+# ----------------------------------------------------------------------------- one run (a job)
+def run_worker(cfg: TrainConfig, json_path: str | Path, checkpoint: str | Path | None = None,
+               device: str | None = None) -> None:
+    """Train one configuration and write its results row (atomically) to ``json_path``.
 
-    This is what each sweep process executes. Every method writes a checkpoint after every epoch
-    and resumes from it when it exists; it is deleted once the row is written.
+    This is what each sweep job executes, on ``device`` when given. Every method writes a
+    checkpoint after every epoch and resumes from it when it exists; it is deleted once the row is
+    written.
     """
     from .experiment import run
 
-    cfg = config_from_dict(json.loads(Path(config_path).read_text()))
+    rid = run_id(cfg)
+    if device is not None:
+        cfg = cfg.replace(device=device, progress=False)
     ckpt = Path(checkpoint) if checkpoint is not None else None
     resume = ckpt is not None and ckpt.is_file()
+    if resume:
+        print(f"{rid}: resuming from checkpoint {ckpt}", flush=True)
     result = run(cfg, checkpoint=ckpt, resume=resume)
-    row = {"run_id": run_id(cfg), "status": "ok", **result.row,
+    row = {"run_id": rid, "status": "ok", **result.row,
            "config": {k: v for k, v in cfg.to_dict().items() if k not in NOT_IN_RUN_ID}}
     write_json(json_path, row)
     if ckpt is not None and ckpt.is_file():
         ckpt.unlink()
 
 
-# ----------------------------------------------------------------------------- scheduling
-def default_devices() -> list[str]:
-    """Every CUDA device (``cuda:0``, ``cuda:1``, ...) when present, else ``["cpu"]``."""
-    if torch.cuda.is_available():
-        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    return ["cpu"]
-
-
-def default_workers(devices: Sequence[str], n_runs: int) -> int:
-    """One worker per CUDA device; on the CPU min(runs, cores // 2) (torch threads need cores)."""
-    if all(d.startswith("cuda") for d in devices):
-        return max(1, min(len(devices), n_runs))
-    return max(1, min(n_runs, (os.cpu_count() or 1) // 2))
-
-
-def _check_devices(devices: Sequence[str]) -> list[str]:
-    devices = list(devices)
-    if not devices:
-        raise ValueError("devices must name at least one device, e.g. ['cpu'] or ['cuda:0']")
-    for d in devices:
-        if d != "cpu" and not (d == "cuda" or (d.startswith("cuda:") and d[5:].isdigit())):
-            raise ValueError(f"device {d!r} is not known; use cpu, cuda or cuda:N")
-    return devices
-
-
-def _worker_env(device: str, threads: int) -> dict[str, str]:
-    """The environment of one run's process: its GPU only, and a fair share of CPU threads."""
-    env = dict(os.environ)
-    env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
-    if device.startswith("cuda:"):
-        env["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]
-    root = str(Path(__file__).resolve().parent.parent)  # the repository, for an uninstalled kit
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    return env
-
-
-def _launch(cfg: TrainConfig, out_dir: Path, device: str, threads: int,
-            timeout_s: float | None) -> tuple[str, str]:
-    """Run one configuration in a fresh Python process; returns (status, message)."""
-    rid = run_id(cfg)
-    process_device = "cpu" if device == "cpu" else "cuda"  # CUDA_VISIBLE_DEVICES picks the GPU
-    cfg_path = out_dir / "configs" / f"{rid}.json"
-    write_json(cfg_path, {**cfg.to_dict(), "device": process_device, "progress": False})
-    command = [sys.executable, "-m", "ssvi_lite.sweep", "--worker", str(cfg_path),
-               str(out_dir / "runs" / f"{rid}.json"),
-               "--checkpoint", str(out_dir / "checkpoints" / f"{rid}.pt")]
-    try:
-        proc = subprocess.run(command, env=_worker_env(device, threads), capture_output=True,
-                              text=True, timeout=timeout_s, check=False)
-    except subprocess.TimeoutExpired as err:
-        return "failed", f"timed out after {timeout_s} s\n{err.stderr or ''}"
-    if proc.returncode != 0:
-        return "failed", f"exit status {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    return "ok", ""
-
-
-def _serve(jobs: queue.Queue[TrainConfig], out_dir: Path, device: str, threads: int,
-           timeout_s: float | None, report: Callable[[TrainConfig, str, str, float], None]) -> None:
-    """One worker thread: take configurations until none are left, all on the same device."""
-    while True:
-        try:
-            cfg = jobs.get_nowait()
-        except queue.Empty:
-            return
-        start = time.perf_counter()
-        status, message = _launch(cfg, out_dir, device, threads, timeout_s)
-        report(cfg, status, message, time.perf_counter() - start)
-
-
+# ----------------------------------------------------------------------------- the sweep
 def run_sweep(configs: Sequence[TrainConfig], out_dir: str | Path, *, workers: int | None = None,
               devices: Sequence[str] | None = None, timeout_s: float | None = None,
-              verbose: bool = True) -> pd.DataFrame:
-    """Train every configuration in its own process and return the results table.
+              cluster: str | Cluster = "local", verbose: bool = True) -> pd.DataFrame:
+    """Train every configuration as a job and return their results table.
 
-    Runs whose ``out_dir/runs/<run-id>.json`` exists are skipped (resume). ``devices`` defaults to
-    every CUDA device, else the CPU; worker w always uses ``devices[w % len(devices)]``. A failed
-    run (non-zero exit or ``timeout_s`` exceeded) gets status ``failed``, its output is kept in
-    ``runs/<run-id>.log`` and its error line in the table; the others carry on. The table (one line
-    per configuration, see :func:`results_table`) is also written to ``out_dir/results.csv``.
+    Runs whose ``out_dir/runs/<run-id>.json`` exists are skipped (resume). ``cluster``: ``local``
+    (processes on this machine), ``debug`` (in this process) or a :class:`Cluster` (e.g. Slurm).
+    ``devices`` defaults to every CUDA device, else the CPU; job slot w always uses
+    ``devices[w % len(devices)]``. A failed run (an exception, a crash, or ``timeout_s`` exceeded:
+    local jobs only) gets status ``failed``, its output is kept in ``runs/<run-id>.log`` and its
+    error line in the table; the others carry on. The table (one line per configuration, see
+    :func:`results_table`) is merged into ``out_dir/results.csv``, which keeps the lines of runs
+    not in ``configs``. KeyboardInterrupt or SIGTERM stops every job, keeps what finished, writes
+    the table and goes on up. SweepBusyError if another sweep holds ``out_dir``.
     """
     out_dir = Path(out_dir)
     configs = list({run_id(c): c for c in configs}.values())
     if not configs:
         raise ValueError("run_sweep needs at least one configuration")
-    devices = _check_devices(devices if devices is not None else default_devices())
-    todo = [c for c in configs if _finished_row(out_dir, run_id(c)) is None]
-    n_workers = workers if workers is not None else default_workers(devices, len(todo))
-    if not isinstance(n_workers, int) or isinstance(n_workers, bool) or n_workers < 1:
+    cluster = cluster if isinstance(cluster, Cluster) else Cluster(cluster)
+    devices = jobs.check_devices(devices if devices is not None else jobs.default_devices())
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                or workers < 1):
         raise ValueError(f"workers must be a positive integer, got {workers!r}")
-    n_workers = min(n_workers, max(len(todo), 1))
+    if timeout_s is not None and not timeout_s > 0:
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout_s!r}")
     say = print if verbose else (lambda *a, **k: None)
-    with _sweep_lock(out_dir):
+    with jobs.folder_lock(out_dir):
+        todo = [c for c in configs if _finished_row(out_dir, run_id(c)) is None]
+        n_workers = min(workers or jobs.default_workers(devices, len(todo), cluster.kind),
+                        max(len(todo), 1))
         say(f"sweep: {len(configs)} runs, {len(configs) - len(todo)} already done, {len(todo)} to "
-            f"run with {n_workers} worker(s) on {', '.join(devices)} -> {out_dir}", flush=True)
+            f"run with {n_workers} {cluster.kind} job(s) at a time on {', '.join(devices)} "
+            f"-> {out_dir}", flush=True)
         try:
-            _run_all(todo, out_dir, devices, n_workers, timeout_s, say)
-        except KeyboardInterrupt:
-            say(f"\nsweep interrupted: finished runs are kept in {out_dir / 'runs'}; the same "
-                "call again resumes (interrupted core runs continue from their checkpoints)")
-            raise
-        table = results_table(configs, out_dir)
-        with atomic_path(out_dir / "results.csv") as tmp:
-            table.to_csv(tmp, index=False)
+            _run_todo(todo, out_dir, cluster, devices, n_workers, timeout_s, say)
+        finally:  # also after an interrupt: the table then shows what finished
+            table = write_results(configs, out_dir)
     failed = table.loc[table["status"] != "ok", "run_id"].tolist()
     if failed:
         say(f"sweep: {len(failed)} run(s) did not finish: {', '.join(failed)} "
@@ -249,79 +191,48 @@ def run_sweep(configs: Sequence[TrainConfig], out_dir: str | Path, *, workers: i
     return table
 
 
-class SweepBusyError(ValueError):
-    """Another live sweep process holds the folder (two sweeps would race on the same runs)."""
-
-
-@contextmanager
-def _sweep_lock(out_dir: Path) -> Iterator[None]:
-    """Hold ``out_dir/.sweep.lock`` (our pid) while the sweep runs; a lock left by a dead process
-    is taken over."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    lock = out_dir / ".sweep.lock"
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            text = lock.read_text().strip() if lock.is_file() else ""
-            if text.isdigit() and _alive(int(text)):
-                raise SweepBusyError(f"another sweep (process {text}) is running in {out_dir}; "
-                                     f"wait for it, or delete {lock} if it is gone") from None
-            lock.unlink(missing_ok=True)
-            continue
-        with os.fdopen(fd, "w") as handle:
-            handle.write(str(os.getpid()))
-        break
+def _run_todo(todo: list[TrainConfig], out_dir: Path, cluster: Cluster, devices: list[str],
+              n_workers: int, timeout_s: float | None, say: Callable[..., None]) -> None:
+    """Run the configurations still to do, one :func:`run_worker` job each."""
+    ids = [run_id(c) for c in todo]
+    tasks = [engine.Task(rid, run_worker, (cfg, str(out_dir / "runs" / f"{rid}.json"),
+                                           str(out_dir / "checkpoints" / f"{rid}.pt")))
+             for rid, cfg in zip(ids, todo)]
     try:
-        yield
-    finally:
-        lock.unlink(missing_ok=True)
+        engine.run_tasks(tasks, out_dir / "jobs", cluster, devices=devices, workers=n_workers,
+                         timeout_s=timeout_s, on_done=_reporter(out_dir, len(todo), say))
+    except KeyboardInterrupt:
+        done = sum(_finished_row(out_dir, t.name) is not None for t in tasks)
+        say(f"\nsweep interrupted: every job was stopped; {done} of the {len(tasks)} run(s) it "
+            f"started finished (kept in {out_dir / 'runs'}). To resume, run the same sweep again "
+            "(same options, same output folder): finished runs are skipped, interrupted core "
+            "runs continue from their checkpoints.", flush=True)
+        raise
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _reporter(out_dir: Path, total: int, say: Callable[..., None]
+              ) -> Callable[[engine.Outcome], None]:
+    """The ``on_done`` of a sweep: keep a failed run's log, drop a stale one, print a line."""
+    count = [0]
+
+    def report(outcome: engine.Outcome) -> None:
+        count[0] += 1
+        log, rid = out_dir / "runs" / f"{outcome.name}.log", outcome.name
+        head = f"[{count[0]}/{total}]"
+        if outcome.status == "ok":
+            log.unlink(missing_ok=True)
+            row = _finished_row(out_dir, rid) or {}
+            say(f"{head} ok     {rid} ({outcome.seconds:.1f} s) "
+                f"accuracy {row.get('accuracy', float('nan')):.4f}", flush=True)
+        else:
+            write_text(log, outcome.log)
+            say(f"{head} FAILED {rid} ({outcome.seconds:.1f} s): {_last_line(outcome.log)}",
+                flush=True)
+
+    return report
 
 
-def _run_all(todo: list[TrainConfig], out_dir: Path, devices: list[str], n_workers: int,
-             timeout_s: float | None, say: Callable[..., None]) -> None:
-    jobs: queue.Queue[TrainConfig] = queue.Queue()
-    for cfg in todo:
-        jobs.put(cfg)
-    lock, done = threading.Lock(), [0]
-    threads = max(1, (os.cpu_count() or 1) // n_workers)
-
-    def report(cfg: TrainConfig, status: str, message: str, seconds: float) -> None:
-        rid = run_id(cfg)
-        with lock:
-            done[0] += 1
-            if status == "ok":
-                row = _finished_row(out_dir, rid) or {}
-                (out_dir / "runs" / f"{rid}.log").unlink(missing_ok=True)
-                say(f"[{done[0]}/{len(todo)}] ok     {rid} ({seconds:.1f} s) "
-                    f"accuracy {row.get('accuracy', float('nan')):.4f}", flush=True)
-            else:
-                from .fileio import write_text
-
-                write_text(out_dir / "runs" / f"{rid}.log", message)
-                say(f"[{done[0]}/{len(todo)}] FAILED {rid} ({seconds:.1f} s): "
-                    f"{_last_line(message)}", flush=True)
-
-    pool = [threading.Thread(target=_serve, daemon=True,
-                             args=(jobs, out_dir, devices[w % len(devices)], threads, timeout_s,
-                                   report)) for w in range(n_workers)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        while t.is_alive():  # join with a timeout so that Ctrl-C reaches the main thread
-            t.join(timeout=0.5)
-
-
+# ----------------------------------------------------------------------------- the results table
 def _last_line(message: str) -> str:
     lines = [ln.strip() for ln in message.strip().splitlines() if ln.strip()]
     return lines[-1] if lines else "(no output)"
@@ -361,14 +272,45 @@ def results_table(configs: Sequence[TrainConfig], out_dir: str | Path) -> pd.Dat
                 row[key] = fields[key] if not isinstance(fields[key], (list, dict)) else str(
                     fields[key])
         rows.append(row)
-    table = pd.DataFrame(rows)
+    return _ordered(pd.DataFrame(rows))
+
+
+def _ordered(table: pd.DataFrame) -> pd.DataFrame:
     first = [c for c in TABLE_FIRST if c in table.columns]
     return table[first + [c for c in table.columns if c not in first]]
 
 
+def _csv_rows(out_dir: Path) -> dict[str, dict[str, Any]]:
+    """The rows of ``out_dir/results.csv`` by run id, in its order (none if there is no file)."""
+    try:
+        return {r["run_id"]: r for r in pd.read_csv(out_dir / "results.csv").to_dict("records")}
+    except (FileNotFoundError, pd.errors.EmptyDataError):
+        return {}
+
+
+def write_results(configs: Sequence[TrainConfig], out_dir: Path) -> pd.DataFrame:
+    """Merge :func:`results_table` of ``configs`` into ``out_dir/results.csv``; returns that table.
+
+    Merged by run id: results.csv's lines of other runs stay, in their order, the configs' lines
+    replace theirs or come last, and finished runs that no line lists yet (their sweep was stopped
+    before writing it) are added from runs/*.json. Nothing is ever dropped.
+    """
+    table = results_table(configs, out_dir)
+    rows = _csv_rows(out_dir)
+    rows.update({r["run_id"]: r for r in table.to_dict("records")})
+    for path in sorted((out_dir / "runs").glob("*.json")):
+        done = _finished_row(out_dir, path.stem)
+        if done is not None:
+            done.pop("config", None)
+            rows[path.stem] = {**rows.get(path.stem, {}), **done}
+    with atomic_path(out_dir / "results.csv") as tmp:
+        _ordered(pd.DataFrame(list(rows.values()))).to_csv(tmp, index=False)
+    return table
+
+
 # ----------------------------------------------------------------------------- command line
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``python -m ssvi_lite sweep``: methods × removals × densities × seeds, one process each."""
+    """``python -m ssvi_lite sweep``: methods × removals × densities × seeds, one job each."""
     parser.add_argument("--preset", choices=sorted(PRESETS), default="kit")
     parser.add_argument("--methods", nargs="+", default=["ssvi"], choices=NAMES,
                         metavar="METHOD",
@@ -386,12 +328,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-train", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--hidden", type=int, nargs="+", help="MLP hidden widths")
-    parser.add_argument("--out", default="runs/sweep", help="sweep folder (runs/, results.csv)")
-    parser.add_argument("--workers", type=int, help="parallel runs (default: one per GPU, or "
-                                                    "half the CPU cores)")
+    parser.add_argument("--out", default="runs/sweep",
+                        help="sweep folder (runs/, results.csv); one sweep at a time per folder")
+    add_job_arguments(parser)
+
+
+def add_job_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where and how the jobs run (shared by ``sweep`` and ``compare``)."""
+    parser.add_argument("--cluster", choices=CLUSTERS, default="local",
+                        help="local: one process per run on this machine (default); debug: every "
+                             "run in this process, one after the other; slurm: one Slurm job "
+                             "per run")
+    parser.add_argument("--workers", type=int, help="runs at a time (default: one per GPU, or "
+                                                    "half the CPU cores; slurm: all)")
     parser.add_argument("--devices", nargs="+", help="e.g. cpu, or cuda:0 cuda:1 (default: all "
                                                      "GPUs, else cpu)")
-    parser.add_argument("--timeout", type=float, help="seconds before one run counts as failed")
+    parser.add_argument("--timeout", type=float,
+                        help="seconds before one run counts as failed (local jobs; on Slurm "
+                             "the default time limit)")
+    parser.add_argument("--cpus-per-job", type=int,
+                        help="CPU threads per run (default: a fair share of the cores)")
+    parser.add_argument("--slurm-partition", help="Slurm partition of the jobs")
+    parser.add_argument("--slurm-time", type=int, metavar="MINUTES",
+                        help="Slurm time limit per job (default: --timeout, else 60)")
+    parser.add_argument("--gpus-per-job", type=int, default=0, help="GPUs per Slurm job")
+
+
+def cluster_from_args(args: argparse.Namespace) -> Cluster:
+    """The :class:`Cluster` of ``--cluster`` and its options."""
+    return Cluster(args.cluster, partition=args.slurm_partition, time_min=args.slurm_time,
+                   gpus_per_job=args.gpus_per_job, cpus_per_job=args.cpus_per_job)
 
 
 def base_config(args: argparse.Namespace) -> TrainConfig:
@@ -415,10 +381,12 @@ def configs_from_args(args: argparse.Namespace) -> list[TrainConfig]:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run the sweep; exit status 1 if any run failed (the table still lists it)."""
+    """Run the sweep; exit status 1 if any run failed (the table still lists it), 130 when
+    interrupted, 2 (through the CLI) for bad input or a folder another sweep holds."""
     try:
         table = run_sweep(configs_from_args(args), args.out, workers=args.workers,
-                          devices=args.devices, timeout_s=args.timeout)
+                          devices=args.devices, timeout_s=args.timeout,
+                          cluster=cluster_from_args(args))
     except KeyboardInterrupt:
         return 130
     shown = [c for c in ("method", "removal", "target_density", "density", "seed", "status",
@@ -426,17 +394,3 @@ def main(args: argparse.Namespace) -> int:
     print(table[shown].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"results: {Path(args.out) / 'results.csv'}")
     return 0 if (table["status"] == "ok").all() else 1
-
-
-def _worker_main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ssvi_lite.sweep",
-                                     description="one sweep run (started by run_sweep)")
-    parser.add_argument("--worker", nargs=2, metavar=("CONFIG_JSON", "RESULT_JSON"), required=True)
-    parser.add_argument("--checkpoint")
-    args = parser.parse_args(argv)
-    run_worker(args.worker[0], args.worker[1], args.checkpoint)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_worker_main())

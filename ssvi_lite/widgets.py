@@ -38,8 +38,8 @@ from .predict import predict_proba
 from .subspace import model_density
 from .train import fit
 
-N_BINS = 15  # reliability bins shown by every widget (method.md §9)
-LAMBDA_SCORES = ("mean_exp_abs", "snr_exp_abs")  # scores with a λ (method.md §6)
+N_BINS = 15  # reliability bins shown by every widget (docs/method.md §9)
+LAMBDA_SCORES = ("mean_exp_abs", "snr_exp_abs")  # scores with a λ (docs/method.md §6)
 _SLIDER_STYLE = {"description_width": "initial"}
 
 
@@ -81,7 +81,7 @@ def _criteria_keys(criteria: Sequence[str] | None) -> list[str]:
 def prune_copy(model: nn.Module, density: float, removal: str) -> nn.Module:
     """A pruned deep copy of ``model``: each layer keeps its top-k weights by ``removal``.
 
-    k_l = n_l − round((1 − density)·n_l) per layer (method.md §4–6), via
+    k_l = n_l − round((1 − density)·n_l) per layer (docs/method.md §4–6), via
     ``methods.posthoc.prune_to_density``; ``model`` itself is left untouched, so the explorer can
     move the slider up again. No retraining.
     """
@@ -194,7 +194,7 @@ def ssvi_trainer(data: DataSplits, base_cfg: TrainConfig) -> widgets.VBox:
 
 # ----------------------------------------------------------------------------- (c) criteria
 def score_function(key: str, lam: float = EXP_ABS_LAMBDA) -> Callable[[Tensor, Tensor], Tensor]:
-    """``REMOVAL_SCORES[key]`` with λ bound for the exp-abs scores (method.md §6)."""
+    """``REMOVAL_SCORES[key]`` with λ bound for the exp-abs scores (docs/method.md §6)."""
     fn = REMOVAL_SCORES[check_removal_key(key)]
     return functools.partial(fn, lam=lam) if key in LAMBDA_SCORES else fn
 

@@ -36,6 +36,15 @@ def test_bad_axes_are_rejected() -> None:
         compare_configs(make_config("kit"), ["ssvi"], [0.0], [0])
 
 
+def test_the_default_folder_is_runs_compare_not_the_committed_table() -> None:
+    parser = argparse.ArgumentParser()
+    compare.add_arguments(parser)
+    assert parser.parse_args([]).out == "runs/compare"
+    assert parser.parse_args(["--out", "results/compare"]).out == "results/compare"  # on purpose
+    args = parser.parse_args(["--cluster", "slurm", "--slurm-partition", "gpu"])
+    assert (args.cluster, args.slurm_partition) == ("slurm", "gpu")  # the sweep's job options
+
+
 def test_tiny_comparison_runs_resumes_and_draws(tmp_path, capsys) -> None:
     parser = argparse.ArgumentParser()
     compare.add_arguments(parser)

@@ -73,7 +73,7 @@ def test_sampler_step_matches_its_formulas_on_a_hand_case() -> None:
     w.grad = g.clone()
     sampler.step()
     xi = torch.randn(3, generator=torch.Generator().manual_seed(7))  # the sampler's draw
-    # the formulas of seed_systems.md §A, written out with C = sqrt(c2)
+    # the formulas of docs/baselines.md §A, written out with C = sqrt(c2)
     c = math.sqrt(c2)
     tau0 = 1 / (1 + torch.exp(-rho0))
     rho1 = rho0 - eta * (temp**2 * c**3 * lam * tau0 + temp * c**1.5 * xi_prev * g - 1 / (n * tau0))

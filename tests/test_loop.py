@@ -14,7 +14,6 @@ from ssvi_lite.config import make_config, seed_everything
 from ssvi_lite.data import load_dataset
 from ssvi_lite.experiment import run
 from ssvi_lite.methods import NAMES, get_method
-from ssvi_lite.predict import predict_proba
 from ssvi_lite.train import fit
 
 ROOT = Path(__file__).resolve().parents[1]

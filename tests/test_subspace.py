@@ -1,4 +1,4 @@
-"""Masks and the removal/addition update: exact counts and the invariants of method.md §4–5."""
+"""Masks and the removal/addition update: exact counts and the invariants of docs/method.md §4–5."""
 from __future__ import annotations
 
 import math

@@ -137,7 +137,7 @@ def test_criterion_explorer_keeps_the_chosen_fraction_above_the_boundary() -> No
     assert scores.shape == (41, 41)
     assert int(kept.sum()) == round(0.2 * 41 * 41)
     assert bool((scores[kept] >= threshold).all()) and bool((scores[~kept] <= threshold).all())
-    # snr_abs → √(2/(π−2)) ≈ 1.32 on the μ = 0 column, whatever σ (method.md §6)
+    # snr_abs → √(2/(π−2)) ≈ 1.32 on the μ = 0 column, whatever σ (docs/method.md §6)
     middle = w.state["mu"][0].abs().argmin()
     assert torch.allclose(scores[:, middle], torch.full((41,), math.sqrt(2 / (math.pi - 2)),
                                                      dtype=torch.float64),
