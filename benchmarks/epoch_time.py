@@ -5,10 +5,11 @@
 Each (method, repeat) trains in its own subprocess, interleaved (VI, SSVI, static, VI, SSVI, ...)
 so that drifts in machine load hit every method alike. Reported: the median training wall time per
 epoch (evaluation excluded: the history's ``wall_time_s``), the ratio to dense VI (target for SSVI:
-≤ 1.15 — the subspace schedule must cost little), the analytic training-FLOPs ratio (docs/method.md §8)
-and the peak resident memory of each process. Two diagnostics follow: SSVI / static mask (same
-sparsity, no swaps: the schedule's own cost) and the time of sqrt on zeros vs ones, because on some
-CPUs a masked run pays for Adam's sqrt over the all-zero state of its inactive weights. Setting:
+≤ 1.15 — the subspace schedule must cost little), the analytic training-FLOPs ratio
+(docs/method.md §8) and the peak resident memory of each process. Two diagnostics follow: SSVI /
+static mask (same density, no swaps: the schedule's own cost) and the time of sqrt on zeros vs
+ones, because on some CPUs a masked run pays for Adam's sqrt over the all-zero state of its
+inactive weights. Setting:
 the kit preset, MLP 784-400-400-10 on the embedded MNIST subset, density 0.1, snr_abs removal +
 grad addition.
 """

@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from .config import PRESETS, TrainConfig
+from .config import TrainConfig, add_config_flags
 from .methods import NAMES, REGISTRY
 from .report import paper_table
 from .sweep import (
@@ -104,22 +104,13 @@ def make_figures(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------- command line
+COMPARE_AXES = ("method", "density", "seed")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``python -m ssvi_lite compare``: every method, one table, four figures."""
-    parser.add_argument("--methods", nargs="+", default=list(NAMES), choices=NAMES,
-                        metavar="METHOD",
-                        help=f"any of {', '.join(NAMES)} (default: all)")
-    parser.add_argument("--densities", nargs="+", type=float, default=list(DEFAULT_DENSITIES),
-                        help="active fractions for ssvi, static and posthoc")
-    parser.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ..., N-1)")
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="kit")
-    parser.add_argument("--dataset", help="default: the preset's (kit: embedded MNIST subset)")
-    parser.add_argument("--data-root", help="folder with real dataset files")
-    parser.add_argument("--model")
-    parser.add_argument("--n-train", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--hidden", type=int, nargs="+", help="MLP hidden widths")
+    """``python -m ssvi_lite compare``: every method, one table, four figures. The config flags
+    are generated from TrainConfig, as for ``train`` and ``sweep``."""
+    add_config_flags(parser, axes=COMPARE_AXES, skip=("device", "progress"))
     parser.add_argument("--out", default=DEFAULT_OUT,
                         help=f"folder of the table and figures (default {DEFAULT_OUT}; "
                              "--out results/compare refreshes the committed table)")
@@ -128,10 +119,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.seeds < 1:
-        raise ValueError(f"--seeds {args.seeds}: give the number of seeds, at least 1")
+    """Run (or resume) the comparison: by default every method, densities 0.5 0.2 0.1 0.05 for
+    the methods that target one, seeds 0 1 2."""
     try:
-        table = run_compare(base_config(args), args.methods, args.densities, range(args.seeds),
+        table = run_compare(base_config(args, COMPARE_AXES), args.method or list(NAMES),
+                            args.density or list(DEFAULT_DENSITIES), args.seed or [0, 1, 2],
                             args.out, workers=args.workers, devices=args.devices,
                             timeout_s=args.timeout, cluster=cluster_from_args(args),
                             figures=not args.no_figures)
@@ -142,4 +134,3 @@ def main(args: argparse.Namespace) -> int:
         print(paper_table(done).to_string(index=False))
     print(f"results: {Path(args.out) / 'results.csv'}")
     return 0 if len(done) == len(table) else 1
-

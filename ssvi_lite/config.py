@@ -287,11 +287,13 @@ def add_config_flags(parser: argparse.ArgumentParser, axes: Sequence[str] = (),
         kind, nargs = _flag_type(spec)
         choices = NAMES if name == "method" else spec.metadata.get("choices")
         flag, dest = f"--{name.replace('_', '-')}", name
+        help_text = spec.metadata["help"]
         if name in axes:
             flag, dest, nargs = f"--{PLURAL.get(name, name + 's').replace('_', '-')}", name, "+"
+            help_text += "; several values: one run per value"
         extra: dict[str, Any] = {"action": argparse.BooleanOptionalAction} if kind is bool else {
             "type": kind, "nargs": nargs, "choices": choices}
-        parser.add_argument(flag, dest=dest, default=None, help=spec.metadata["help"], **extra)
+        parser.add_argument(flag, dest=dest, default=None, help=help_text, **extra)
     parser.add_argument("--option", action="append", metavar="KEY=VALUE", dest="method_options",
                         help=FIELDS["method_options"].metadata["help"] + ", e.g. n_cycles=4")
 

@@ -1,4 +1,5 @@
-"""Analytic training/inference FLOPs and model size (docs/method.md §8; notebook 02_mask_initialization).
+"""Analytic training/inference FLOPs and model size (docs/method.md §8; notebook
+02_mask_initialization).
 
 Convention, stated wherever a number is shown: FLOPs = 2 × multiply-adds of the Linear/Conv2d
 layers only (activations, BatchNorm, pooling and the optimiser are not counted).

@@ -1,4 +1,5 @@
-"""Removal and addition criteria of SSVI, all behind one shared top-k routine (docs/method.md §5–§6).
+"""Removal and addition criteria of SSVI, all behind one shared top-k routine
+(docs/method.md §5–§6).
 
 SSVI (Li et al., ICLR 2024, §4.2) keeps a fixed number of active weights per layer. Every ΔT steps
 it *removes* the active weights with the lowest removal score and *adds* the inactive weights with
@@ -94,7 +95,8 @@ def _log_exp_abs_moment(a: Tensor, sigma: Tensor, lam: float) -> Tensor:
 
 
 def exp_abs_moment(mu: Tensor, sigma: Tensor, lam: float = EXP_ABS_LAMBDA) -> Tensor:
-    """E exp(λ·abs(θ)) for θ ~ N(μ, σ²), the moment generating function of abs(θ) (docs/method.md §6).
+    """E exp(λ·abs(θ)) for θ ~ N(μ, σ²), the moment generating function of abs(θ)
+    (docs/method.md §6).
 
     g(λ) = e^{λ²σ²/2 + λμ}·Φ(μ/σ + λσ) + e^{λ²σ²/2 − λμ}·Φ(−μ/σ + λσ),
     computed in log space with ``log_ndtr`` (finite up to e^{709} in float64; a float32 result
@@ -198,7 +200,8 @@ def _check_grad(dense_grad: Tensor) -> None:
 
 
 def grad_magnitude(dense_grad: Tensor) -> Tensor:
-    """abs(∂CE/∂μ), the dense data-term gradient of the batch (RigL's growth rule, docs/method.md §5)."""
+    """abs(∂CE/∂μ), the dense data-term gradient of the batch (RigL's growth rule,
+    docs/method.md §5)."""
     _check_grad(dense_grad)
     return dense_grad.detach().abs()
 

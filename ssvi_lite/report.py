@@ -8,8 +8,8 @@ it.
 
 Conventions, printed with every table: std is the sample standard deviation over seeds (n − 1);
 ECE is top-label with 15 equal-width bins; FLOPs = 2 × multiply-adds of the weight layers, the
-ratio is against dense VI over the same number of steps (docs/method.md §8); model size counts μ, σ of
-the active weights, their index storage and the dense parameters, in MB = 10⁶ bytes.
+ratio is against dense VI over the same number of steps (docs/method.md §8); model size counts
+μ, σ of the active weights, their index storage and the dense parameters, in MB = 10⁶ bytes.
 """
 from __future__ import annotations
 

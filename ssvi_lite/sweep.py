@@ -34,10 +34,10 @@ from typing import Any
 import pandas as pd
 
 from . import engine, jobs
-from .config import PRESETS, TrainConfig, make_config
+from .config import TrainConfig, add_config_flags, make_config, overrides_from_flags
 from .fileio import atomic_path, write_json, write_text
 from .jobs import CLUSTERS, Cluster, SweepBusyError
-from .methods import NAMES, REGISTRY
+from .methods import REGISTRY
 
 __all__ = ["Cluster", "SweepBusyError", "canonical", "config_from_dict", "expand_grid",
            "results_table", "run_id", "run_sweep", "run_worker"]
@@ -309,25 +309,13 @@ def write_results(configs: Sequence[TrainConfig], out_dir: Path) -> pd.DataFrame
 
 
 # ----------------------------------------------------------------------------- command line
+SWEEP_AXES = ("method", "removal", "addition", "density", "seed")  # plural flags: --densities ...
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``python -m ssvi_lite sweep``: methods × removals × densities × seeds, one job each."""
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="kit")
-    parser.add_argument("--methods", nargs="+", default=["ssvi"], choices=NAMES,
-                        metavar="METHOD",
-                        help=f"any of {', '.join(NAMES)}")
-    parser.add_argument("--removals", nargs="+", default=None,
-                        help="removal score keys (default: the preset's)")
-    parser.add_argument("--additions", nargs="+", default=None, help="addition score keys")
-    parser.add_argument("--densities", nargs="+", type=float, default=None,
-                        help="active fractions in (0, 1] (map/vi always run at 1)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--dataset")
-    parser.add_argument("--data-root", help="folder with real dataset files")
-    parser.add_argument("--model")
-    parser.add_argument("--n-train", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--hidden", type=int, nargs="+", help="MLP hidden widths")
+    """``python -m ssvi_lite sweep``: methods × removals × additions × densities × seeds, one job
+    each; every other config field is a single-valued flag, generated from TrainConfig."""
+    add_config_flags(parser, axes=SWEEP_AXES, skip=("device", "progress"))
     parser.add_argument("--out", default="runs/sweep",
                         help="sweep folder (runs/, results.csv); one sweep at a time per folder")
     add_job_arguments(parser)
@@ -360,23 +348,17 @@ def cluster_from_args(args: argparse.Namespace) -> Cluster:
                    gpus_per_job=args.gpus_per_job, cpus_per_job=args.cpus_per_job)
 
 
-def base_config(args: argparse.Namespace) -> TrainConfig:
-    """The preset plus the single-valued options of a sweep/compare command line."""
-    overrides = {k: v for k, v in {
-        "epochs": args.epochs, "dataset": args.dataset, "data_root": args.data_root,
-        "model": args.model, "n_train": args.n_train, "batch_size": args.batch_size,
-        "hidden": tuple(args.hidden) if args.hidden else None, "progress": False,
-    }.items() if v is not None}
-    return make_config(args.preset, **overrides)
+def base_config(args: argparse.Namespace, axes: Sequence[str] = SWEEP_AXES) -> TrainConfig:
+    """The preset plus the single-valued config flags of a sweep/compare command line."""
+    return make_config(args.preset, **{**overrides_from_flags(args, axes), "progress": False})
 
 
 def configs_from_args(args: argparse.Namespace) -> list[TrainConfig]:
-    """The sweep's configurations: methods × removals × additions × densities × seeds."""
-    axes: dict[str, Sequence[Any]] = {"method": args.methods}
-    for axis, values in (("removal", args.removals), ("addition", args.additions),
-                         ("density", args.densities), ("seed", args.seeds)):
-        if values:
-            axes[axis] = values
+    """The sweep's configurations: methods × removals × additions × densities × seeds (methods
+    default to ssvi, seeds to 0, the others to the preset's value)."""
+    axes = {axis: getattr(args, axis) for axis in SWEEP_AXES if getattr(args, axis)}
+    axes.setdefault("method", ["ssvi"])
+    axes.setdefault("seed", [0])
     return expand_grid(base_config(args), **axes)
 
 

@@ -1,4 +1,5 @@
-"""FLOPs and size accounting (docs/method.md §8) against hand counts and the paper's ResNet-18 ratios."""
+"""FLOPs and size accounting (docs/method.md §8) against hand counts and the paper's ResNet-18
+ratios."""
 from __future__ import annotations
 
 import pytest

@@ -78,7 +78,7 @@ def fake_mnist(monkeypatch):
 def test_published_checksums():
     expected_mnist = ["f68b3c2dcbeaaa9fbdd348bbdeb94873", "d53e105ee54ea40749a09fcbcd1e9432",
                       "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c"]
-    assert [f.md5 for f in FETCH_SOURCES["mnist"]] == expected_mnist  # the MD5s the MNIST mirrors publish
+    assert [f.md5 for f in FETCH_SOURCES["mnist"]] == expected_mnist  # published MD5s
     assert set(FETCH_SOURCES) == set(data.DATASETS) - set(data.EMBEDDED)
     for files in FETCH_SOURCES.values():
         for f in files:
