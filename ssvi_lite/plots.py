@@ -19,6 +19,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import seaborn as sns
 import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -193,29 +194,23 @@ def plot_masks(model: nn.Module, max_layers: int = 4, ax: Any = None) -> Figure:
 
 
 # ----------------------------------------------------------------------------- sweeps
-def _aggregate(df: pd.DataFrame, by: list[str], values: list[str]) -> pd.DataFrame:
-    """Mean and sample std (ddof 1; 0 for a single seed) of ``values`` per group."""
+def _finite(df: pd.DataFrame, values: list[str]) -> pd.DataFrame:
     df = df.dropna(subset=values)
     if df.empty:
         raise ValueError(f"every row has NaN in {values}: nothing to plot")
-    grouped = df.groupby(by, sort=True, dropna=False)[values]
-    return grouped.mean().join(grouped.std(ddof=1).fillna(0.0).add_suffix("_std")).reset_index()
+    return df
 
 
 def _seed_note(df: pd.DataFrame) -> str:
     n = df["seed"].nunique() if "seed" in df.columns else 1
-    return f" (mean ± std over {n} seeds)" if n > 1 else ""
+    return f" (mean ± standard error over {n} seeds)" if n > 1 else ""
 
 
-def _draw_groups(ax: Axes, table: pd.DataFrame, x: str, y: str, hue: str | None,
-                 xerr: bool) -> None:
-    groups = table.groupby(hue, sort=True) if hue else [(None, table)]
-    for name, part in groups:
-        part = part.sort_values(x)
-        v = {c: part[c].to_numpy(dtype=float) for c in (x, y, f"{x}_std", f"{y}_std")
-             if c in part.columns}
-        ax.errorbar(v[x], v[y], yerr=v[f"{y}_std"], xerr=v.get(f"{x}_std") if xerr else None,
-                    marker="o", capsize=3, label=None if name is None else str(name))
+def _lines(ax: Axes, df: pd.DataFrame, x: str, y: str, hue: str | None) -> None:
+    """One line per ``hue`` through the means of ``y`` at each ``x``, with bars of ± one standard
+    error over the rows (seeds) of each point (seaborn)."""
+    sns.lineplot(data=df, x=x, y=y, hue=hue, errorbar="se", err_style="bars", marker="o",
+                 ax=ax, err_kws={"capsize": 3}, hue_order=sorted(df[hue].unique()) if hue else None)
     if hue:
         ax.legend(title=hue, fontsize="small")
     ax.grid(alpha=0.3)
@@ -223,17 +218,17 @@ def _draw_groups(ax: Axes, table: pd.DataFrame, x: str, y: str, hue: str | None,
 
 def plot_metric_vs_density(df: Any, metric: str, hue: str | None = "method",
                            ax: Axes | None = None, logx: bool = True) -> Axes:
-    """``metric`` against density (active fraction), one line per ``hue``, mean ± std over seeds.
+    """``metric`` against density (active fraction), one line per ``hue``, mean ± standard error
+    over seeds.
 
     ``df`` is tidy: one row per run with columns density, ``metric`` and ``hue`` (plus seed).
-    Used by ``ssvi_lite.compare`` and the comparison notebook.
+    Used by ``ssvi_lite.compare`` and notebook 06_sparse_bnn_zoo.
     """
-    df = _frame(df, ["density", metric] + ([hue] if hue else []))
+    df = _finite(_frame(df, ["density", metric] + ([hue] if hue else [])), [metric])
     if logx and (df["density"] <= 0).any():
         raise ValueError("density must be > 0 for a log x axis; pass logx=False")
-    table = _aggregate(df, ([hue] if hue else []) + ["density"], [metric])
     ax = _axes(ax)
-    _draw_groups(ax, table, "density", metric, hue, xerr=False)
+    _lines(ax, df, "density", metric, hue)
     if logx:
         ax.set_xscale("log")
     ax.set(xlabel=DENSITY_LABEL, ylabel=METRIC_LABELS.get(metric, metric),
@@ -245,18 +240,18 @@ def plot_metric_vs_flops(df: Any, metric: str = "accuracy", hue: str | None = "m
                          ax: Axes | None = None, logx: bool = True) -> Axes:
     """``metric`` against training FLOPs relative to dense VI (column ``train_flops_ratio``).
 
-    One point per (hue, density) configuration, mean ± std over seeds on both axes; FLOPs are
-    2 × multiply-adds (docs/method.md §8). Used by ``ssvi_lite.compare``.
+    One point per (hue, density) configuration at its mean FLOPs ratio, ``metric`` as mean ±
+    standard error over seeds; FLOPs are 2 × multiply-adds (docs/method.md §8). Used by
+    ``ssvi_lite.compare``.
     """
     x = "train_flops_ratio"
-    df = _frame(df, [x, metric] + ([hue] if hue else []))
+    df = _finite(_frame(df, [x, metric] + ([hue] if hue else [])), [x, metric]).copy()
     by = ([hue] if hue else []) + (["density"] if "density" in df.columns else [])
-    table = _aggregate(df, by or [x], [x, metric] if by else [metric])
-    if not by:
-        table[f"{x}_std"] = 0.0
+    if by:  # a configuration's seeds share one x: its mean FLOPs ratio
+        df[x] = df.groupby(by, dropna=False)[x].transform("mean")
     ax = _axes(ax)
-    _draw_groups(ax, table, x, metric, hue, xerr=True)
-    if logx and (table[x] > 0).all():
+    _lines(ax, df, x, metric, hue)
+    if logx and (df[x] > 0).all():
         ax.set_xscale("log")
     ax.set(xlabel=FLOPS_LABEL, ylabel=METRIC_LABELS.get(metric, metric),
            title=f"{metric} vs training cost{_seed_note(df)}")

@@ -149,18 +149,32 @@ def _sweep() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def test_plot_metric_vs_density_means_and_std_over_seeds() -> None:
+def _bars(ax: Axes) -> list[tuple[float, float]]:
+    """(centre, half-length) of every vertical error bar drawn on ``ax``."""
+    out = []
+    for collection in ax.collections:
+        for seg in getattr(collection, "get_segments", lambda: [])():
+            if len(seg) == 2 and seg[0, 0] == seg[1, 0]:
+                out.append((float(seg[:, 1].mean()), float(abs(seg[1, 1] - seg[0, 1]) / 2)))
+    return out
+
+
+def test_plot_metric_vs_density_means_and_standard_errors_over_seeds() -> None:
     df = _sweep()
     ax = plots.plot_metric_vs_density(df, "accuracy")
     assert isinstance(ax, Axes)
     assert ax.get_xlabel() == "density (active fraction)" and ax.get_xscale() == "log"
-    assert "3 seeds" in ax.get_title()
+    assert "standard error over 3 seeds" in ax.get_title()
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["ssvi", "static"]
-    ssvi = ax.containers[0]  # errorbar container of the first method
     expected = df[df.method == "ssvi"].groupby("density")["accuracy"]
-    np.testing.assert_allclose(ssvi.lines[0].get_ydata(), expected.mean())
-    segments = ssvi.lines[2][0].get_segments()  # vertical bars: mean ± std
-    np.testing.assert_allclose([s[1, 1] - s[0, 1] for s in segments], 2 * expected.std(ddof=1))
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), expected.mean())
+    se = expected.std(ddof=1) / np.sqrt(3)  # bars: mean ± one standard error
+    bars = sorted(_bars(ax))[:3]  # the three lowest centres belong to the lower line (static)...
+    static = df[df.method == "static"].groupby("density")["accuracy"]
+    np.testing.assert_allclose([c for c, _ in bars], sorted(static.mean()))
+    np.testing.assert_allclose([h for _, h in bars], (static.std(ddof=1) / np.sqrt(3))
+                               .reindex(static.mean().sort_values().index))
+    assert np.allclose(se, se.iloc[0])  # the toy sweep's seeds spread alike at each density
     linear = plots.plot_metric_vs_density(df, "accuracy", logx=False)
     assert linear.get_xscale() == "linear"
 
@@ -169,9 +183,8 @@ def test_plot_metric_vs_flops_uses_the_ratio_column() -> None:
     df = _sweep()
     ax = plots.plot_metric_vs_flops(df)
     assert "FLOPs" in ax.get_xlabel() and "dense VI" in ax.get_xlabel()
-    ssvi = ax.containers[0]
     expected = df[df.method == "ssvi"].groupby("density")["train_flops_ratio"].mean()
-    np.testing.assert_allclose(ssvi.lines[0].get_xdata(), expected)
+    np.testing.assert_allclose(ax.lines[0].get_xdata(), expected)
 
 
 @pytest.mark.parametrize("call, message", [
