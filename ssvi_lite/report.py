@@ -86,7 +86,7 @@ def _label(df: pd.DataFrame) -> pd.Series:
     return out
 
 
-def summarize(df: pd.DataFrame) -> pd.DataFrame:
+def seed_summary(df: pd.DataFrame) -> pd.DataFrame:
     """Numeric summary: one line per (dataset, model, label, target density) with ``n_seeds`` and
     ``<metric>_mean`` / ``<metric>_std`` for each metric of :data:`METRICS` present in ``df``."""
     missing = {"method", "accuracy"} - set(df.columns)
@@ -128,7 +128,7 @@ def paper_table(df: pd.DataFrame) -> pd.DataFrame:
     Methods that reach a density of their own (em_mcmc, turbo_vbi, svd, weight_sharing) show
     "—" as target density; map and dense VI show 1.
     """
-    s = summarize(df)
+    s = seed_summary(df)
 
     def col(metric: str, scale: float, digits: int) -> list[str]:
         if f"{metric}_mean" not in s.columns:
@@ -175,7 +175,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"\n{len(df)} runs from {args.path}. {CONVENTIONS}.")
     if args.csv:
         with atomic_path(args.csv) as tmp:
-            summarize(df).to_csv(tmp, index=False)
+            seed_summary(df).to_csv(tmp, index=False)
         print(f"summary: {args.csv}")
     return 0
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ssvi_lite.report import add_arguments, collect, main, paper_table, summarize, to_markdown
+from ssvi_lite.report import add_arguments, collect, main, paper_table, seed_summary, to_markdown
 
 
 def _row(method: str, density: float, seed: int, accuracy: float, **extra) -> dict:
@@ -59,7 +59,7 @@ def test_collect_errors_name_the_path(tmp_path) -> None:
 
 
 def test_summary_matches_numpy_mean_and_sample_std(results_dir) -> None:
-    s = summarize(collect(results_dir))
+    s = seed_summary(collect(results_dir))
     ssvi = s[s["method"] == "ssvi"].iloc[0]
     assert ssvi["label"] == "ssvi (snr_abs)" and ssvi["n_seeds"] == 3
     assert ssvi["accuracy_mean"] == pytest.approx(np.mean([0.90, 0.92, 0.91]))
@@ -95,7 +95,7 @@ def test_removal_variants_and_density_free_methods_get_their_own_rows() -> None:
 @given(st.lists(st.floats(0, 1, allow_nan=False), min_size=2, max_size=6))
 def test_summary_mean_std_property(accs: list[float]) -> None:
     df = pd.DataFrame([_row("vi", 1.0, i, a) for i, a in enumerate(accs)])
-    s = summarize(df).iloc[0]
+    s = seed_summary(df).iloc[0]
     assert s["accuracy_mean"] == pytest.approx(np.mean(accs), abs=1e-12)
     assert s["accuracy_std"] == pytest.approx(np.std(accs, ddof=1), abs=1e-12)
 
