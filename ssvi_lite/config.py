@@ -38,6 +38,7 @@ MASK_INITS = ("uniform", "erk")
 OPTIMIZERS = ("adam", "sgd")
 MU_INITS = ("kaiming", "normal")
 AUGMENTATIONS = ("none", "crop_flip")
+SELECTIONS = ("last", "best_val_nll", "best_val_acc")  # which epoch a run keeps
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -97,8 +98,10 @@ class TrainConfig:
     momentum: float = knob(0.9, "SGD momentum")
     weight_decay: float = knob(0.0, "weight decay of μ, biases and BN (never ρ)")
     cosine_lr: bool = knob(False, "cosine learning-rate schedule over the epochs")
-    # evaluation
+    # evaluation and model selection (on the validation split, never the test set)
     n_eval_samples: int = knob(10, "K, posterior samples of the predictive")
+    select: str = knob("best_val_acc", "the epoch a run keeps: the last one, or the best by "
+                       "validation NLL or accuracy", choices=SELECTIONS)
     val_fraction: float = knob(0.1, "fraction of the data held out for validation")
     # bookkeeping
     seed: int = knob(0, "random seed (data split, init, batches, noise)")
@@ -182,7 +185,7 @@ def validate(cfg: TrainConfig) -> None:
     method = get_method(cfg.method)
     for name, allowed in (("model", MODELS), ("mask_init", MASK_INITS), ("preset", PRESETS),
                           ("optimizer", OPTIMIZERS), ("mu_init", MU_INITS),
-                          ("augment", AUGMENTATIONS)):
+                          ("augment", AUGMENTATIONS), ("select", SELECTIONS)):
         _choice(name, getattr(cfg, name), tuple(allowed))
     validate_density(cfg.density)
     if method.density != "target" and cfg.density != 1.0:

@@ -17,6 +17,7 @@ from torch import nn
 
 from . import metrics
 from .config import TrainConfig, seed_everything
+from .convergence import assess
 from .costs import dense_vi_training_flops, inference_flops, layer_costs, model_size_bytes
 from .data import DataSplits, load_dataset, ood_sets
 from .methods import get_method
@@ -94,6 +95,20 @@ def run(cfg: TrainConfig, *, data: DataSplits | None = None, checkpoint: str | P
         "wall_time_s": wall, "seed": cfg.seed, "n_train": data.n_train,
         **{k: v for k, v in result.items() if k not in ("accuracy", "nll", "ece", "brier",
                                                         "n_samples")},
+        **_convergence_columns(history, cfg),
         **method.report(model, history.attrs.get("notes", {})),
     }
     return RunResult(row, model, history)
+
+
+def _convergence_columns(history: pd.DataFrame, cfg: TrainConfig) -> dict[str, Any]:
+    """Whether the run's variational objective converged and its last epoch's σ spread (q90/q10
+    of the first mean-field layer), so a table can label unconverged results."""
+    last = history[history["stage"] == history["stage"].iloc[-1]]
+    if cfg.method in ("map", "em_mcmc") or last["kl"].eq(0).all():
+        return {"converged": None}
+    verdict = assess(last)
+    spread = next(iter(verdict.sigma_spread.values()), float("nan"))
+    return {"converged": verdict.converged, "objective_change_per_epoch": verdict.relative_slope,
+            "sigma_q90_q10_first_layer": spread, "kl_per_example": float(last["kl_per_example"]
+                                                                         .iloc[-1])}

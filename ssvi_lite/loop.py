@@ -31,13 +31,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import checkpoint, distributed, metrics
-from .config import TrainConfig
+from .config import SELECTIONS, TrainConfig
+from .convergence import sigma_quantiles
 from .costs import layer_costs, step_flops
 from .data import DataSplits, augmenter, iterate_batches
 from .predict import is_bayesian, predict_proba
 from .subspace import model_density
-
-SELECTIONS = ("best_val_acc", "last")
 
 
 class Stepper:
@@ -72,6 +71,8 @@ class Stage:
     predict: the validation predictive (model, x, K) -> (K, N, C); default: K posterior draws.
     cost: per-example FLOPs of (a plain step, an update step); default: the LRT/deterministic
         forward of the active weights (ssvi_lite.costs), measured at the start of each epoch.
+    select: the epoch the stage keeps (``SELECTIONS``): the last, or the best by validation NLL
+        or accuracy, restored when the stage ends.
     """
 
     name: str
@@ -84,7 +85,7 @@ class Stage:
     finish: Callable[[Run], dict[str, Any] | None] | None = None
     predict: Callable[[nn.Module, Tensor, int], Tensor] | None = None
     cost: Callable[[nn.Module, DataSplits], tuple[float, float]] | None = None
-    select: str = "best_val_acc"
+    select: str = "last"
     density: Callable[[nn.Module], float] = model_density
 
     def __post_init__(self) -> None:
@@ -104,7 +105,7 @@ class Progress:
     flops: float = 0.0
     wall: float = 0.0
     rows: list[dict[str, Any]] = field(default_factory=list)
-    best: tuple[float, dict[str, Tensor]] | None = None  # (val accuracy, weights) of this stage
+    best: tuple[float, dict[str, Tensor]] | None = None  # (score, weights) of this stage's best
     notes: dict[str, Any] = field(default_factory=dict)
 
 
@@ -232,7 +233,8 @@ def train_epoch(run: Run, bar: Any) -> dict[str, float]:
         bar.update(1)
     nll_mean, reg_mean, accuracy, _ = distributed.finish_sums(sums).tolist()
     return {"loss": nll_mean + weight * reg_mean / data.n_train, "nll": nll_mean,
-            "kl": reg_mean, "kl_weight": weight, "train_acc": accuracy}
+            "kl": reg_mean, "kl_weight": weight, "kl_per_example": reg_mean / data.n_train,
+            "elbo": -(nll_mean + reg_mean / data.n_train), "train_acc": accuracy}
 
 
 # ----------------------------------------------------------------------------- epochs and stages
@@ -258,18 +260,27 @@ def _epoch(run: Run, bar: Any) -> dict[str, Any]:
     p.wall += time.perf_counter() - start
     row = {"epoch": p.epoch, "step": p.step, "stage": stage.name, **row, **_validate(run),
            "density": stage.density(run.model), "train_flops": p.flops, "wall_time_s": p.wall,
-           "lr": run.optimizer.param_groups[0]["lr"], **extra}
-    if stage.select == "best_val_acc" and (p.best is None or row["val_acc"] > p.best[0]):
-        p.best = (row["val_acc"], {k: v.detach().clone() if isinstance(v, Tensor) else
-                                   copy.deepcopy(v) for k, v in run.model.state_dict().items()})
+           "lr": run.optimizer.param_groups[0]["lr"], **extra, **sigma_quantiles(run.model)}
+    _keep_if_best(run, row)
     bar.set_postfix(val_acc=f"{row['val_acc']:.3f}")
     return row
+
+
+def _keep_if_best(run: Run, row: dict[str, Any]) -> None:
+    """Copy the weights when this epoch is the best so far by the stage's selection rule."""
+    p, select = run.progress, run.stage.select
+    if select == "last":
+        return
+    score = row["val_acc"] if select == "best_val_acc" else -row["val_nll"]
+    if p.best is None or score > p.best[0]:
+        p.best = (score, {k: v.detach().clone() if isinstance(v, Tensor) else copy.deepcopy(v)
+                          for k, v in run.model.state_dict().items()})
 
 
 def _finish_stage(run: Run) -> None:
     """Restore the stage's selected epoch, run its finish hook; on to the next stage."""
     stage, p = run.stage, run.progress
-    if stage.select == "best_val_acc" and p.best is not None:
+    if stage.select != "last" and p.best is not None:
         run.model.load_state_dict(p.best[1])
     if stage.finish is not None:
         p.notes.update(stage.finish(run) or {})

@@ -8,6 +8,7 @@ checkpoints and exact resume (docs/method.md §3).
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,9 @@ from torch import nn
 
 from . import distributed
 from .config import TrainConfig
+from .convergence import Convergence, assess
 from .data import DataSplits
-from .loop import train_stages
+from .loop import Stage, train_stages
 from .methods import get_method
 from .methods.core import UpdateCallback
 
@@ -45,7 +47,8 @@ def fit(model: nn.Module, data: DataSplits, cfg: TrainConfig, *,
     its selected epoch (best validation accuracy unless the stage says "last"); selection never
     looks at the test set. ``checkpoint`` is written atomically after every epoch; ``resume=True``
     continues from it exactly. ``on_update(step, swaps)`` sees every SSVI subspace update,
-    ``on_epoch(row, model)`` every history row.
+    ``on_epoch(row, model)`` every history row. A variational run that ends unconverged
+    (``ssvi_lite.convergence``) gets a warning naming the numbers.
     """
     method = get_method(cfg.method)
     device = distributed.local_device(resolve_device(cfg.device))
@@ -54,5 +57,20 @@ def fit(model: nn.Module, data: DataSplits, cfg: TrainConfig, *,
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     stages = method.stages(model, data, cfg, on_update=on_update)
-    return train_stages(model, data, cfg, stages, checkpoint_path=checkpoint, resume=resume,
-                        on_epoch=on_epoch)
+    history = train_stages(model, data, cfg, stages, checkpoint_path=checkpoint, resume=resume,
+                           on_epoch=on_epoch)
+    verdict = final_convergence(history, stages[-1])
+    if verdict is not None and not verdict.converged:
+        warnings.warn(f"{cfg.method} (κ = {stages[-1].cfg.kl_scale:g}) ended {verdict.summary()}."
+                      " Its results come from an unconverged posterior: train longer, or see "
+                      "docs/method.md §3 for the kit's converging recipe.", stacklevel=2)
+    return history
+
+
+def final_convergence(history: pd.DataFrame, stage: Stage) -> Convergence | None:
+    """The convergence of the last stage of a variational run (None for MAP, EM-MCMC and other
+    stages without a KL term)."""
+    rows = history[history["stage"] == stage.name] if "stage" in history else history
+    if stage.regulariser is None or stage.cfg.method == "map" or rows.empty:
+        return None
+    return assess(rows)

@@ -13,7 +13,8 @@ import tomllib
 ROOT = Path(__file__).resolve().parents[1]
 # Each module may import only modules listed before it (the README's "Architecture" section).
 ORDER = ["fileio", "criteria", "config", "fetch", "datafiles", "data", "metrics", "layers",
-         "models", "subspace", "distributed", "costs", "predict", "checkpoint", "loop", "methods",
+         "models", "subspace", "distributed", "costs", "convergence", "predict", "checkpoint",
+         "loop", "methods",
          "train", "experiment", "jobs", "engine", "sweep", "report", "plots", "compare", "widgets",
          "cli", "__main__", "__init__"]
 # The one import that runs upwards: config looks the method up in the registry, inside its
@@ -47,8 +48,9 @@ def test_torch_range_admits_2_13_and_nothing_is_pinned_exactly() -> None:
 
 
 def _module_key(path: Path) -> str:
+    """A module's place in ORDER: its file name, or its subpackage's (methods/, plots/)."""
     rel = path.relative_to(ROOT / "ssvi_lite")
-    return "methods" if rel.parts[0] == "methods" else rel.stem
+    return rel.parts[0] if len(rel.parts) > 1 else rel.stem
 
 
 def _imports(path: Path) -> set[str]:

@@ -105,7 +105,7 @@ def core_stage(model: nn.Module, data: DataSplits, cfg: TrainConfig, name: str =
     regulariser = ((lambda m: prior_penalty(m, cfg.prior_sigma)) if cfg.method == "map"
                    else kl_sum)
     return Stage(name, cfg, optimizer=lambda m: make_optimizer(m, cfg), regulariser=regulariser,
-                 stepper=stepper)
+                 stepper=stepper, select=cfg.select)
 
 
 def stages(model: nn.Module, data: DataSplits, cfg: TrainConfig,
