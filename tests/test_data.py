@@ -161,12 +161,12 @@ def _rows(x: torch.Tensor) -> list[bytes]:
 
 def test_mnist5k_splits(mnist5k):
     s = mnist5k
-    assert (s.n_train, len(s.y_val), len(s.y_test)) == (4000, 500, 500)
+    assert (s.n_train, len(s.y_val), len(s.y_test)) == (3500, 500, 1000)
     assert s.x_train.dtype == torch.float32 and s.y_train.dtype == torch.int64
     assert s.input_shape == (1, 28, 28) and s.x_train.shape[1:] == (1, 28, 28)
-    assert torch.bincount(s.y_test).tolist() == [50] * 10
+    assert torch.bincount(s.y_test).tolist() == [100] * 10
     assert torch.bincount(s.y_val).tolist() == [50] * 10
-    assert torch.bincount(s.y_train).tolist() == [400] * 10
+    assert torch.bincount(s.y_train).tolist() == [350] * 10
     assert float(s.x_train.min()) == 0.0 and float(s.x_train.max()) == 1.0
     assert s.y_train[:50].unique().numel() > 5  # shuffled, not sorted by label
     train, val, test = set(_rows(s.x_train)), set(_rows(s.x_val)), set(_rows(s.x_test))
@@ -192,12 +192,14 @@ def test_mnist5k_seeds(mnist5k):
 
 def test_mnist5k_options():
     s = data.load_dataset("mnist5k", val_fraction=0.2, n_train=1000)
-    assert (s.n_train, len(s.y_val), len(s.y_test)) == (1000, 1000, 500)
+    assert (s.n_train, len(s.y_val), len(s.y_test)) == (1000, 1000, 1000)
+    old = data.load_dataset("mnist5k", test_fraction=0.1)  # the kit's split before 2026-12
+    assert (old.n_train, len(old.y_val), len(old.y_test)) == (4000, 500, 500)
     assert torch.bincount(s.y_train).tolist() == [100] * 10
     assert len(data.load_dataset("mnist5k", val_fraction=0.0).y_val) == 0
     ex = data.load_dataset("mnist5k", exclude_classes=(0, 5))
     assert ex.n_classes == 8 and ex.classes == ["1", "2", "3", "4", "6", "7", "8", "9"]
-    assert ex.y_train.max() == 7 and (ex.n_train, len(ex.y_test)) == (3200, 400)
+    assert ex.y_train.max() == 7 and (ex.n_train, len(ex.y_test)) == (2800, 800)
 
 
 @pytest.mark.parametrize("kwargs,match", [
@@ -220,15 +222,15 @@ def test_digits_and_moons():
     assert torch.bincount(d.y_test).min() >= 17
     m = data.load_dataset("moons")
     assert m.input_shape == (2,) and m.n_classes == 2
-    assert (m.n_train, len(m.y_val), len(m.y_test)) == (2400, 300, 300)
-    assert torch.bincount(m.y_test).tolist() == [150, 150]
+    assert (m.n_train, len(m.y_val), len(m.y_test)) == (2100, 300, 600)
+    assert torch.bincount(m.y_test).tolist() == [300, 300]
     torch.testing.assert_close(m.x_train.mean(0), torch.zeros(2), atol=1e-5, rtol=0)
     torch.testing.assert_close(m.x_train.std(0), torch.ones(2), atol=1e-5, rtol=0)
 
 
 def test_heldout_class_split(mnist5k):
     s, x_out = data.heldout_class_split("mnist5k", classes_out=(8, 9))
-    assert s.n_classes == 8 and s.y_train.max() == 7 and x_out.shape == (100, 1, 28, 28)
+    assert s.n_classes == 8 and s.y_train.max() == 7 and x_out.shape == (200, 1, 28, 28)
     held = set(_rows(mnist5k.x_test[mnist5k.y_test >= 8]))  # same seed: same test images
     assert set(_rows(x_out)) == held and not held & set(_rows(s.x_train))
     with pytest.raises(ValueError, match="classes_out"):
