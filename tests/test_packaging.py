@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ORDER = ["fileio", "criteria", "config", "fetch", "datafiles", "data", "metrics", "layers",
          "models", "subspace", "distributed", "costs", "convergence", "predict", "checkpoint",
          "loop", "methods",
-         "train", "experiment", "jobs", "engine", "sweep", "report", "plots", "compare", "widgets",
+         "train", "experiment", "jobs", "engine", "sweep", "report", "plots", "compare", "demo", "widgets",
          "cli", "__main__", "__init__"]
 # The one import that runs upwards: config looks the method up in the registry, inside its
 # functions, to validate method names and options and to apply a method's defaults.
