@@ -8,9 +8,11 @@ minimises),
 
 and, per mean-field layer, the 10 %, 50 % and 90 % quantiles of σ over its active weights. A run
 has **converged** when the objective has stopped moving: over the last ``window`` epochs the
-least-squares slope of the objective, relative to its mean, is below ``tolerance`` per epoch
-(default 1 %), and κ·β has stopped changing (no warm-up still running). A slope fitted over several
-epochs averages out the minibatch noise of each epoch's mean. A posterior that learned per-weight
+least-squares slope of the objective is below 1 % of its mean per epoch *and* below 0.01 nats per
+example per epoch, and κ·β has stopped changing (no warm-up still running). A slope fitted over
+several epochs averages out the minibatch noise of each epoch's mean; the absolute bound keeps a
+huge KL term (hundreds of nats per example) from hiding a fall of several nats per epoch behind a
+small relative change. A posterior that learned per-weight
 variances shows a **spread** of σ: q90/q10 well above 1 within a layer; σ identical everywhere
 (q90/q10 = 1) means the variances have not been learned.
 """
@@ -27,6 +29,7 @@ from torch import nn
 from .layers import mean_field_layers
 
 TOLERANCE = 0.01  # relative change of the objective per epoch
+TOLERANCE_NATS = 0.01  # absolute change of the objective per epoch, nats per example
 SIGMA_QUANTILES = (0.1, 0.5, 0.9)
 
 
@@ -42,14 +45,16 @@ class Convergence:
 
     window: int
     relative_slope: float  # per epoch, slope / |mean objective| over the window
+    slope: float  # per epoch, nats per example
     converged: bool
     sigma_spread: dict[str, float]  # layer -> q90/q10 of σ
 
     def summary(self) -> str:
         spread = ", ".join(f"{k} {v:.2f}" for k, v in self.sigma_spread.items()) or "no σ"
         state = "converged" if self.converged else "NOT converged"
-        change = (f"objective changes {100 * self.relative_slope:+.2f} % per epoch over the last "
-                  f"{self.window} epochs (tolerance ±{100 * TOLERANCE:g} %)" if self.window > 1
+        change = (f"objective changes {100 * self.relative_slope:+.2f} % ({self.slope:+.4f} "
+                  f"nats/example) per epoch over the last {self.window} epochs (tolerance "
+                  f"±{100 * TOLERANCE:g} % and ±{TOLERANCE_NATS:g} nats)" if self.window > 1
                   else "one epoch cannot show convergence")
         return f"{state}: {change}; σ q90/q10 per layer: {spread}"
 
@@ -68,8 +73,9 @@ def assess(history: pd.DataFrame, window: int | None = None,
     slope = float(np.polyfit(np.arange(window), objective, 1)[0]) if window > 1 else math.nan
     relative = slope / max(abs(float(objective.mean())), 1e-12)
     steady_weight = tail["kl_weight"].nunique() == 1 if "kl_weight" in tail else True
-    converged = window > 1 and abs(relative) < tolerance and steady_weight
-    return Convergence(window, relative, bool(converged), sigma_spread(history.iloc[-1]))
+    flat = abs(relative) < tolerance and abs(slope) < TOLERANCE_NATS
+    converged = window > 1 and flat and steady_weight
+    return Convergence(window, relative, slope, bool(converged), sigma_spread(history.iloc[-1]))
 
 
 def sigma_spread(row: pd.Series) -> dict[str, float]:

@@ -96,22 +96,17 @@ def summary_table(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
 
 def figures(results: Sequence[tuple], labels: Any, out: Path) -> list[Path]:
     """Reliability diagrams of the first seed's runs and the convergence of its dense-VI run."""
-    import matplotlib.pyplot as plt
-
-    from .plots import plot_convergence, reliability_diagram, save_figure
+    from .plots import close_figure, plot_convergence, reliability_panels, save_figure
 
     first = [r for r in results if r[0]["seed"] == results[0][0]["seed"]]
-    fig, axes = plt.subplots(1, len(first), figsize=(3.4 * len(first), 3.6), sharey=True)
-    for ax, (row, probs, _) in zip(axes, first):
-        reliability_diagram(probs, labels, n_bins=15, ax=ax,
-                            label=f"{row['method']} (d={row['density']:.2f})")
-    fig.tight_layout()
+    fig = reliability_panels([(f"{row['method']} (d={row['density']:.2f})", probs)
+                              for row, probs, _ in first], labels)
     paths = [save_figure(fig, out / "reliability.png")]
-    plt.close(fig)
+    close_figure(fig)
     vi = next(h for row, _, h in first if row["method"] == "vi")
     fig = plot_convergence(vi)
     fig.suptitle(f"dense VI, seed {first[0][0]['seed']}: is it converged?")
     fig.tight_layout()
     paths.append(save_figure(fig, out / "convergence.png"))
-    plt.close(fig)
+    close_figure(fig)
     return paths

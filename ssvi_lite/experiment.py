@@ -51,11 +51,22 @@ def evaluate_model(model: nn.Module, data: DataSplits, predict: Any, n_samples: 
         result["mean_net_accuracy"] = metrics.accuracy(mean_probs, data.y_test.cpu())
     if with_ood:
         for name, x_out in ood_sets(data, seed=seed).items():
-            out = predict(model, x_out, n_samples)
-            scores = metrics.ood_auroc(probs.mean(0), out.mean(0), score="entropy")
-            result[f"ood_auroc_{name}"] = scores["auroc"]
-            result[f"ood_aupr_{name}"] = scores["aupr"]
+            result.update(_ood_scores(name, probs, predict(model, x_out, n_samples)))
     return result
+
+
+def _ood_scores(name: str, probs_in: Any, probs_out: Any) -> dict[str, float]:
+    """AUROC/AUPR of telling the test set from OOD set ``name`` by predictive entropy and, with
+    K > 1 posterior samples, by mutual information (epistemic uncertainty), plus the mean MI on
+    the OOD inputs."""
+    by_entropy = metrics.ood_auroc(probs_in.mean(0), probs_out.mean(0), score="entropy")
+    out = {f"ood_auroc_{name}": by_entropy["auroc"], f"ood_aupr_{name}": by_entropy["aupr"]}
+    if probs_in.shape[0] > 1 and probs_out.shape[0] > 1:
+        out[f"ood_auroc_mi_{name}"] = metrics.ood_auroc(probs_in, probs_out,
+                                                        "mutual_information")["auroc"]
+        out[f"mean_mutual_information_{name}"] = float(
+            metrics.mutual_information(probs_out).mean())
+    return out
 
 
 @dataclass

@@ -108,8 +108,8 @@ class _MeanFieldLayer(nn.Module):
     def _lrt_noise(self, like: Tensor) -> Tensor:
         """ε ~ N(0, I) shaped like the output; under data parallelism, this rank's rows of the
         global batch's draw (so N processes reproduce one)."""
-        if self.batch_rows is None:
-            return torch.randn_like(like)
+        if self.batch_rows is None:  # drawn in logical order: the memory layout cannot matter
+            return torch.randn(like.shape, dtype=like.dtype, device=like.device)
         start, stop, total = self.batch_rows
         return torch.randn((total, *like.shape[1:]), dtype=like.dtype,
                            device=like.device)[start:stop]

@@ -34,7 +34,8 @@ def test_only_the_loop_module_walks_shuffled_training_batches() -> None:
 
 # the settings of the pinned runs, spelled out so that later preset changes do not move them
 PINNED_SETTINGS = dict(model="mlp", hidden=(32, 16), epochs=3, n_train=600, batch_size=128,
-                       optimizer="adam", lr=1e-3, rho_lr=None, prior_sigma=0.1, kl_scale=1.0,
+                       optimizer="adam", lr=1e-3, rho_lr=None, cosine_lr=False, weight_decay=0.0,
+                       first_layer_dense=False, prior_sigma=0.1, kl_scale=1.0,
                        kl_warmup=False, sigma_init=1e-3, sigma_init_std=0.0, mu_init="kaiming",
                        update_interval=4, alpha=0.3, t_end_fraction=0.75, n_eval_samples=3,
                        select="best_val_acc", progress=False)

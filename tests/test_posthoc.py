@@ -101,6 +101,7 @@ def test_fit_counts_dense_training_plus_fine_tune_and_recovers() -> None:
     data = _data(n=256)
     cfg = make_config("kit", method="posthoc", density=0.25, hidden=(16,), epochs=5, lr=1e-2,
                       kl_scale=0.01, batch_size=32, n_eval_samples=2, progress=False,
+                      sigma_init=1e-3, rho_lr=None, cosine_lr=False, prior_sigma=0.1,
                       method_options={"fine_tune_epochs": 2})
     model = posthoc.build(cfg, data, seed_everything(0))
     dense_f = forward_flops(layer_costs(model, data.input_shape), 1, dense=True)

@@ -157,11 +157,15 @@ def test_uninformative_evidence_with_symmetric_potentials_gives_one_half() -> No
     torch.testing.assert_close(pi, torch.full((5, 7), 0.5))
 
 
+# the optimiser settings these mechanics tests were written with (the kit preset of 2026-11)
+OLD_KIT = dict(sigma_init=1e-3, rho_lr=None, cosine_lr=False, prior_sigma=0.1)
+
+
 def _cfg(**opts):
     base = {"mask_from_epoch": 1}
     return make_config("kit", method="turbo_vbi", hidden=(12,), epochs=8, batch_size=16, lr=3e-2,
-                       progress=False, n_eval_samples=3,
-                       method_options={**base, **opts})
+                       progress=False, n_eval_samples=3, method_options={**base, **opts},
+                       **OLD_KIT)
 
 
 def test_fit_trains_and_pruned_weights_are_exactly_zero() -> None:
@@ -223,7 +227,7 @@ def test_run_end_to_end_on_mnist_subset() -> None:
     from ssvi_lite.experiment import run
 
     cfg = make_config("kit", method="turbo_vbi", hidden=(64,), epochs=2, n_train=400, lr=1e-2,
-                      progress=False, method_options={"mask_from_epoch": 1})
+                      progress=False, method_options={"mask_from_epoch": 1}, **OLD_KIT)
     row = run(cfg, with_ood=False).row
     assert row["method"] == "turbo_vbi" and 0 < row["density"] <= 1
     assert row["compression_rate"] == pytest.approx(1 / row["density"])

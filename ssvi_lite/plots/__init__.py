@@ -20,7 +20,7 @@ from .base import (
                    close_figure,
                    save_figure,
 )
-from .calibration import reliability_diagram
+from .calibration import reliability_diagram, reliability_panels
 from .comparison import plot_metric_vs_density, plot_metric_vs_flops
 from .planes import plot_entropy_map, plot_score_plane
 from .training import (
@@ -35,5 +35,6 @@ from .training import (
 __all__ = ["DENSITY_LABEL", "DPI", "FLOPS_LABEL", "HISTORY_COLUMNS", "HISTORY_LABELS",
            "METRIC_LABELS", "close_figure", "mask_layers", "plot_convergence", "plot_entropy_map",
            "plot_history", "plot_masks", "plot_metric_vs_density", "plot_metric_vs_flops",
-           "plot_score_plane", "pruning_figure", "reliability_diagram", "save_figure",
+           "plot_score_plane", "pruning_figure", "reliability_diagram", "reliability_panels",
+           "save_figure",
            "trainer_figure"]

@@ -1,10 +1,13 @@
 """Reliability diagrams (docs/method.md §9; notebook 05_calibration)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 from .. import metrics
 from .base import _axes, _predictive
@@ -44,3 +47,15 @@ def reliability_diagram(probs: Any, labels: Any, n_bins: int = 15, ax: Axes | No
     ax.set_title(f"{label}, {bins_text}" if label else f"reliability diagram, {bins_text}")
     ax.legend(loc="best", fontsize="small", framealpha=0.85)  # under- or overconfident: it varies
     return ax
+
+
+def reliability_panels(curves: Sequence[tuple[str, Any]], labels: Any, n_bins: int = 15
+                       ) -> Figure:
+    """One reliability diagram per (title, probs) of ``curves``, side by side, one y axis
+    (``python -m ssvi_lite demo``)."""
+    fig, axes = plt.subplots(1, len(curves), figsize=(3.4 * len(curves), 3.6), sharey=True,
+                             squeeze=False)
+    for ax, (title, probs) in zip(axes[0], curves):
+        reliability_diagram(probs, labels, n_bins=n_bins, ax=ax, label=title)
+    fig.tight_layout()
+    return fig
