@@ -4,6 +4,10 @@
 mask on the embedded MNIST subset, prints one table, saves a reliability diagram and writes JSON.
 ``train`` runs one configuration. The other subcommands live in their own modules, each offering
 ``add_arguments(parser)`` and ``main(args) -> int``.
+
+Every command checks its arguments and output paths before it starts any work
+(``ssvi_lite.guards``, ``ssvi_lite.fileio.check_output_path``); bad input ends with one line,
+``error: ...``, and exit status 2, and nothing is written.
 """
 from __future__ import annotations
 
@@ -16,8 +20,9 @@ from typing import Any
 
 import pandas as pd
 
-from .config import add_config_flags, make_config, overrides_from_flags
-from .fileio import write_json
+from . import guards
+from .config import add_config_flags, make_config, overrides_from_flags, run_id
+from .fileio import atomic_paths, check_output_path, write_json
 
 DELEGATED = {  # subcommand -> module offering add_arguments(parser) and main(args)
     "sweep": "ssvi_lite.sweep",
@@ -57,6 +62,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .predict import predict_proba
 
     configs = demo_configs(args.epochs, args.seed, args.n_train)
+    png, json_path = _demo_outputs(args, configs)  # checked before any work
     data = load_data(configs[0])
     print(f"ssvi_lite demo: {data.name}, {data.n_train} training / {len(data.y_val)} validation / "
           f"{len(data.y_test)} test images, {configs[0].epochs} epochs per method, CPU/GPU auto")
@@ -70,11 +76,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
               f"{result.row['wall_time_s']:.1f} s", flush=True)
     print("\n" + _format_table(printed_table(rows)))
     print("FLOPs = 2 × multiply-adds of weight layers; ratio vs dense VI over the same steps.")
-    out = Path(args.out)
     fig = _reliability_panel(curves, data.y_test, reliability_diagram)
-    print(f"reliability diagram: {save_figure(fig, out / 'reliability.png')}")
-    print(f"results: {write_json(args.json or out / 'demo.json', rows)}")
+    with atomic_paths(png, json_path) as (tmp_png, tmp_json):  # both files or neither
+        save_figure(fig, tmp_png)
+        write_json(tmp_json, rows)
+    print(f"reliability diagram: {png}")
+    print(f"results: {json_path}")
     return 0
+
+
+def _demo_outputs(args: argparse.Namespace, configs: list) -> tuple[Path, Path]:
+    """The demo's figure and JSON paths, checked: writable, distinct, and either new, this demo's
+    own (the JSON lists the same run ids, so the figure beside it is this demo's too) or
+    ``--overwrite``."""
+    out = check_output_path(args.out, "folder", what="--out")
+    png = check_output_path(out / "reliability.png", "file", what="the figure")
+    json_path = check_output_path(args.json or out / "demo.json", "file", what="--json")
+    guards.check_distinct(figure=png, json=json_path)
+    ids = [run_id(cfg) for cfg in configs]
+    guards.check_result_file(json_path, ids, overwrite=args.overwrite)
+    if png.exists() and not args.overwrite and guards.run_ids_in(json_path) != ids:
+        raise FileExistsError(f"figure {png} already exists and is not this demo's (no results "
+                              f"of the same runs in {json_path}); choose another --out, or pass "
+                              "--overwrite to replace it")
+    return png, json_path
 
 
 def _reliability_panel(curves: list, labels: Any, draw: Any) -> Any:
@@ -93,6 +118,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume and not args.checkpoint:
         raise ValueError("--resume needs --checkpoint PATH (the checkpoint to continue from)")
     cfg = make_config(args.preset, **overrides_from_flags(args))
+    _check_train_outputs(args, cfg)
     result = run(cfg, checkpoint=args.checkpoint, resume=args.resume)
     from . import distributed
 
@@ -105,23 +131,45 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_train_outputs(args: argparse.Namespace, cfg: Any) -> None:
+    """Before any work: the output paths can be written and lose nothing (a checkpoint is resumed
+    or replaced only when asked; ``--json`` replaces only this run's own results), and a
+    checkpoint to resume was written by this very configuration."""
+    from .checkpoint import load
+
+    for flag in ("json", "checkpoint"):
+        if getattr(args, flag):
+            check_output_path(getattr(args, flag), "file", what=f"--{flag}")
+    guards.check_distinct(**{"--json": args.json, "--checkpoint": args.checkpoint})
+    guards.check_checkpoint_target(args.checkpoint, resume=args.resume, overwrite=args.overwrite)
+    if args.resume:
+        load(args.checkpoint, cfg)  # refuses another run's checkpoint, listing what differs
+    guards.check_result_file(args.json, [run_id(cfg)], overwrite=args.overwrite)
+
+
 def cmd_fetch(args: argparse.Namespace) -> int:
     from .fetch import fetch
 
+    check_output_path(args.root, "folder", what="--root")
     print(f"{args.name}: ready in {fetch(args.name, args.root)}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m ssvi_lite", description=__doc__.split("\n")[0])
+    parser = guards.OneLineParser(prog="python -m ssvi_lite",
+                                  description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="MAP vs dense VI vs SSVI vs static mask on embedded MNIST")
     demo.add_argument("--json", help="where to write the results (default OUT/demo.json)")
     demo.add_argument("--out", default="runs/demo", help="folder for the figure and results")
-    demo.add_argument("--epochs", type=int, help="epochs per method (default: the kit preset's 30)")
-    demo.add_argument("--n-train", type=int, help="use only this many training images")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--epochs", type=guards.positive_int,
+                      help="epochs per method (default: the kit preset's 30)")
+    demo.add_argument("--n-train", type=guards.positive_int,
+                      help="use only this many training images")
+    demo.add_argument("--seed", type=guards.non_negative_int, default=0)
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.add_argument("--overwrite", action="store_true",
+                      help="replace a figure and JSON that other runs wrote")
     demo.set_defaults(func=cmd_demo)
 
     tr = sub.add_parser("train", help="train and evaluate one configuration")
@@ -129,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--json", help="write the results row here")
     tr.add_argument("--checkpoint", help="write a checkpoint here after every epoch")
     tr.add_argument("--resume", action="store_true", help="continue from --checkpoint")
+    tr.add_argument("--overwrite", action="store_true",
+                    help="replace an existing --checkpoint, or a --json of another run")
     tr.set_defaults(func=cmd_train)
 
     fe = sub.add_parser("fetch", help="download and verify a real dataset (needs internet)")
@@ -148,10 +198,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; bad input prints one clear line and exits with status 2."""
-    args = build_parser().parse_args(argv)
+    """Entry point; bad input prints one clear line and exits with status 2 (argument errors
+    included), before any work where the input can be checked up front."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # --help (0) or an argument error, already printed (2)
+        return stop.code if isinstance(stop.code, int) else 2
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FloatingPointError, ConnectionError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (ValueError, OSError, FloatingPointError, MemoryError) as err:
+        print(f"error: {_message(err)}", file=sys.stderr)
         return 2
+
+
+def _message(err: BaseException) -> str:
+    """The error's message (OS errors name their file), without a traceback."""
+    text = str(err) or type(err).__name__
+    if isinstance(err, OSError) and err.filename and str(err.filename) not in text:
+        text = f"{err.filename}: {text}"
+    return text

@@ -36,12 +36,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .config import DATASETS
 from .datafiles import _unpickle, read_cifar_binary, read_cifar_python, read_idx, read_svhn_mat
 from .fetch import default_root, locate_files
 from .fileio import atomic_path
 
-DATASETS: tuple[str, ...] = ("mnist5k", "digits", "moons", "mnist", "fashion_mnist", "cifar10",
-                             "cifar100", "svhn")
 EMBEDDED: tuple[str, ...] = ("mnist5k", "digits", "moons")
 # name -> (n_classes, input shape per example, pixel divisor, standardise with train mean/std?)
 _SPECS: dict[str, tuple[int, tuple[int, ...], float, bool]] = {

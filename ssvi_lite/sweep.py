@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import itertools
 import json
 from collections.abc import Callable, Sequence
@@ -34,7 +33,14 @@ from typing import Any
 import pandas as pd
 
 from . import engine, jobs
-from .config import TrainConfig, add_config_flags, make_config, overrides_from_flags
+from .config import (
+    NOT_IN_RUN_ID,
+    TrainConfig,
+    add_config_flags,
+    make_config,
+    overrides_from_flags,
+    run_id,
+)
 from .fileio import atomic_path, write_json, write_text
 from .jobs import CLUSTERS, Cluster, SweepBusyError
 from .methods import REGISTRY
@@ -42,8 +48,6 @@ from .methods import REGISTRY
 __all__ = ["Cluster", "SweepBusyError", "canonical", "config_from_dict", "expand_grid",
            "results_table", "run_id", "run_sweep", "run_worker"]
 
-# Fields that do not change what a run computes: left out of the run id.
-NOT_IN_RUN_ID = ("device", "progress", "data_root")
 # traits of the methods, read from the registry
 DENSE_ONLY = tuple(n for n, m in REGISTRY.items() if m.density == "dense")  # at density 1
 DENSITY_FREE = tuple(n for n, m in REGISTRY.items() if m.density == "own")  # their own density
@@ -53,18 +57,6 @@ TABLE_FIRST = ("run_id", "status", "method", "dataset", "model", "target_density
 
 
 # ----------------------------------------------------------------------------- configurations
-def run_id(cfg: TrainConfig) -> str:
-    """Stable id of a configuration: ``<method>-d<density>-s<seed>-<12 hex of SHA-1>``.
-
-    The hash covers every field except ``NOT_IN_RUN_ID`` (device, progress bars and where the data
-    files live; JSON with sorted keys), so it is the same in every process and on every machine.
-    """
-    fields = {k: v for k, v in cfg.to_dict().items() if k not in NOT_IN_RUN_ID}
-    text = json.dumps(fields, sort_keys=True, default=str)
-    digest = hashlib.sha1(text.encode()).hexdigest()[:12]
-    return f"{cfg.method}-d{cfg.density:g}-s{cfg.seed}-{digest}"
-
-
 def canonical(cfg: TrainConfig) -> TrainConfig:
     """The same experiment with the fields the method ignores set to fixed values.
 

@@ -12,7 +12,7 @@ import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 # Each module may import only modules listed before it (the README's "Architecture" section).
-ORDER = ["fileio", "criteria", "config", "fetch", "datafiles", "data", "metrics", "layers",
+ORDER = ["fileio", "guards", "criteria", "config", "fetch", "datafiles", "data", "metrics", "layers",
          "models", "subspace", "distributed", "costs", "convergence", "predict", "checkpoint",
          "loop", "methods",
          "train", "experiment", "jobs", "engine", "sweep", "report", "plots", "compare", "widgets",
