@@ -210,8 +210,20 @@ def validate(cfg: TrainConfig) -> None:
     for name, integer in (("rho_lr", False), ("n_train", True)):
         if getattr(cfg, name) is not None:
             _positive(name, getattr(cfg, name), integer=integer)
+    _check_types(cfg)
     _check_ranges(cfg)
     method.parse_options(cfg.method_options)
+
+
+def _check_types(cfg: TrainConfig) -> None:
+    """Switches must be true/false (a string "no" would count as true) and data_root a path."""
+    hints = typing.get_type_hints(TrainConfig)
+    for name in FIELDS:
+        value = getattr(cfg, name)
+        if hints[name] is bool and not isinstance(value, bool):
+            raise ValueError(f"{name}={value!r} must be true or false")
+    if cfg.data_root is not None and not isinstance(cfg.data_root, (str, os.PathLike)):
+        raise ValueError(f"data_root={cfg.data_root!r} must be a folder path or None")
 
 
 def _check_ranges(cfg: TrainConfig) -> None:
@@ -219,8 +231,9 @@ def _check_ranges(cfg: TrainConfig) -> None:
         raise ValueError(f"t_end_fraction={cfg.t_end_fraction!r} must lie in (0, 1]")
     if not 0.0 <= cfg.alpha <= 1.0:
         raise ValueError(f"alpha={cfg.alpha!r} (initial swap fraction) must lie in [0, 1]")
-    if not 0.0 <= cfg.val_fraction < 0.5:
-        raise ValueError(f"val_fraction={cfg.val_fraction!r} must lie in [0, 0.5)")
+    if not 0.0 < cfg.val_fraction < 0.5:
+        raise ValueError(f"val_fraction={cfg.val_fraction!r} must lie in (0, 0.5): a run "
+                         "validates after every epoch")
     if cfg.device not in ("auto", "cpu") and not str(cfg.device).startswith("cuda"):
         raise ValueError(f"device={cfg.device!r} is not known; choose auto, cpu, cuda or cuda:N")
     if not cfg.hidden or not all(h > 0 for h in cfg.hidden):

@@ -168,6 +168,8 @@ def _split(name: str, root: str | os.PathLike | None, seed: int, val_fraction: f
            n_train: int | None, exclude: tuple[int, ...], test_fraction: float = 0.2
            ) -> tuple[DataSplits, Tensor]:
     """The splits without ``exclude`` (labels renumbered 0..C'-1), and those classes' test x."""
+    if root is not None and not isinstance(root, (str, os.PathLike)):
+        raise ValueError(f"root={root!r} must be a folder path or None (the default data root)")
     _check_args(name, seed, val_fraction, n_train, exclude, test_fraction)
     n_classes, shape, divisor, standardise = _SPECS[name]
     rng = np.random.default_rng(seed)
@@ -219,6 +221,8 @@ def load_dataset(name: str, *, root: str | None = None, seed: int = 0, val_fract
     >>> load_dataset("mnist5k").n_train     # doctest: +SKIP
     3500
     """
+    if not isinstance(exclude_classes, (tuple, list, range)):
+        raise ValueError(f"exclude_classes={exclude_classes!r} must be a list of class indices")
     return _split(name, root, seed, val_fraction, n_train, tuple(exclude_classes),
                   test_fraction)[0]
 
