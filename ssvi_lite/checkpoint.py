@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import math
 import random
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +49,13 @@ def load(path: str | Path, cfg: TrainConfig | None = None) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on pickle protocols: the error says it
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling errors come in many types
-        raise ValueError(f"checkpoint {path} is not a readable ssvi_lite checkpoint: "
-                         f"{err}") from err
+        raise ValueError(f"checkpoint {path} is not a readable ssvi_lite checkpoint "
+                         f"({_reason(err)}); only tensors, numbers, strings, lists and dicts "
+                         "are loaded") from err
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path} is not an ssvi_lite checkpoint (expected format {FORMAT!r})")
     missing = [k for k in ("config", "model", "optimizer", "progress", "rng")
@@ -152,6 +157,16 @@ def check_optimizer(saved: Any, optimizer: torch.optim.Optimizer) -> None:
                 want = tuple(params[index].shape)
                 raise ValueError(f"its optimiser state {name} of parameter {index} is "
                                  f"{tuple(value.shape)}, the parameter {want}")
+
+
+def _reason(err: Exception) -> str:
+    """The gist of a torch.load error in one line (its own message spans many, with advice to
+    load without ``weights_only``, which the kit never does)."""
+    text = str(err)
+    found = re.search(r"Unsupported global: GLOBAL \S+|Unsupported [^\n.]+|invalid load key"
+                      r"[^\n]*|PytorchStreamReader failed [^.\n]+", text)
+    line = found.group(0) if found else (text.strip().split(".")[0] or type(err).__name__)
+    return " ".join(line.split())[:200]
 
 
 def check_config(path: Path, saved: dict[str, Any], cfg: TrainConfig) -> None:

@@ -91,7 +91,8 @@ def _demo_outputs(args: argparse.Namespace, configs: list) -> tuple[Path, Path]:
     ``--overwrite``."""
     out = check_output_path(args.out, "folder", what="--out")
     png = check_output_path(out / "reliability.png", "file", what="the figure")
-    json_path = check_output_path(args.json or out / "demo.json", "file", what="--json")
+    json_path = check_output_path(out / "demo.json" if args.json is None else args.json, "file",
+                                  what="--json")
     guards.check_distinct(figure=png, json=json_path)
     ids = [run_id(cfg) for cfg in configs]
     guards.check_result_file(json_path, ids, overwrite=args.overwrite)
@@ -115,7 +116,7 @@ def _reliability_panel(curves: list, labels: Any, draw: Any) -> Any:
 def cmd_train(args: argparse.Namespace) -> int:
     from .experiment import run
 
-    if args.resume and not args.checkpoint:
+    if args.resume and args.checkpoint is None:
         raise ValueError("--resume needs --checkpoint PATH (the checkpoint to continue from)")
     cfg = make_config(args.preset, **overrides_from_flags(args))
     _check_train_outputs(args, cfg)
@@ -125,7 +126,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not distributed.is_main():
         return 0
     print(_format_table(printed_table([result.row])))
-    if args.json:
+    if args.json is not None:
         write_json(args.json, result.row)
         print(f"results: {args.json}")
     return 0
@@ -138,7 +139,7 @@ def _check_train_outputs(args: argparse.Namespace, cfg: Any) -> None:
     from .checkpoint import load
 
     for flag in ("json", "checkpoint"):
-        if getattr(args, flag):
+        if getattr(args, flag) is not None:
             check_output_path(getattr(args, flag), "file", what=f"--{flag}")
     guards.check_distinct(**{"--json": args.json, "--checkpoint": args.checkpoint})
     guards.check_checkpoint_target(args.checkpoint, resume=args.resume, overwrite=args.overwrite)

@@ -91,6 +91,8 @@ def check_output_path(path: str | os.PathLike, kind: str = "file", *,
         raise ValueError(f"kind={kind!r}: choose file or folder")
     if not str(path).strip():
         raise OutputPathError(f"{what}: the path is empty; give a {kind} name")
+    if "\0" in str(path):
+        raise OutputPathError(f"{what} {str(path)!r} is not a valid path (it holds a NUL byte)")
     path = Path(path)
     try:
         _check_writable(path, kind, what)
