@@ -153,6 +153,21 @@ def test_cli_refuses_before_any_work(argv, words, place, capsys) -> None:
     assert _snapshot(place) == before  # nothing written or changed, no temporary left
 
 
+@pytest.mark.parametrize("argv", [["demo", *PREFIX["demo"], "--out", "{t}/ro/demo"],
+                                  ["train", *PREFIX["train"], "--json", "{t}/ro/r.json"],
+                                  ["sweep", *PREFIX["sweep"], "--out", "{t}/ro"],
+                                  ["report", "{t}", "--csv", "{t}/ro/s.csv"]],
+                         ids=["demo", "train", "sweep", "report"])
+def test_a_read_only_folder_is_refused_before_any_work(argv, place, capsys, monkeypatch) -> None:
+    ro = place / "ro"  # read-only as far as the kit can tell (the tests may run as root)
+    ro.mkdir()
+    real = fileio.os.access
+    monkeypatch.setattr(fileio.os, "access",
+                        lambda p, mode: real(p, mode) and not str(p).startswith(str(ro)))
+    assert main([a.replace("{t}", str(place)) for a in argv]) == 2
+    assert f"{ro} is not writable" in capsys.readouterr().err and not list(ro.iterdir())
+
+
 def test_cli_train_replaces_only_its_own_results(tmp_path, capsys) -> None:
     out, ckpt = tmp_path / "r.json", tmp_path / "r.pt"
     args = ["train", *TINY, "--no-progress", "--json", str(out), "--checkpoint", str(ckpt)]
