@@ -168,8 +168,6 @@ def _split(name: str, root: str | os.PathLike | None, seed: int, val_fraction: f
            n_train: int | None, exclude: tuple[int, ...], test_fraction: float = 0.2
            ) -> tuple[DataSplits, Tensor]:
     """The splits without ``exclude`` (labels renumbered 0..C'-1), and those classes' test x."""
-    if root is not None and not isinstance(root, (str, os.PathLike)):
-        raise ValueError(f"root={root!r} must be a folder path or None (the default data root)")
     _check_args(name, seed, val_fraction, n_train, exclude, test_fraction)
     n_classes, shape, divisor, standardise = _SPECS[name]
     rng = np.random.default_rng(seed)
@@ -209,6 +207,11 @@ def _split(name: str, root: str | os.PathLike | None, seed: int, val_fraction: f
     return splits, x_out
 
 
+def _check_root(root: Any) -> None:
+    if root is not None and not isinstance(root, (str, os.PathLike)):
+        raise ValueError(f"root={root!r} must be a folder path or None (the default data root)")
+
+
 def load_dataset(name: str, *, root: str | None = None, seed: int = 0, val_fraction: float = 0.1,
                  n_train: int | None = None, exclude_classes: tuple[int, ...] = (),
                  test_fraction: float = 0.2) -> DataSplits:
@@ -223,6 +226,7 @@ def load_dataset(name: str, *, root: str | None = None, seed: int = 0, val_fract
     """
     if not isinstance(exclude_classes, (tuple, list, range)):
         raise ValueError(f"exclude_classes={exclude_classes!r} must be a list of class indices")
+    _check_root(root)
     return _split(name, root, seed, val_fraction, n_train, tuple(exclude_classes),
                   test_fraction)[0]
 
@@ -238,6 +242,7 @@ def heldout_class_split(name: str, classes_out: tuple[int, ...] = (8, 9), **load
     if unknown:
         raise ValueError(f"unknown option(s) {sorted(unknown)}; allowed: root, seed, "
                          "val_fraction, n_train")
+    _check_root(kw["root"])
     return _split(name, kw["root"], kw["seed"], kw["val_fraction"], kw["n_train"],
                   tuple(classes_out))
 
