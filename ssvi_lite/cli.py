@@ -1,7 +1,8 @@
 """Command line: ``python -m ssvi_lite {demo,train,fetch,sweep,report,compare} ...``.
 
 ``demo`` trains MAP, dense VI, SSVI (density 0.1, snr_abs removal + grad addition) and the static
-mask on the embedded MNIST subset, prints one table, saves a reliability diagram and writes JSON.
+mask on the embedded MNIST subset for several seeds (``ssvi_lite.demo``), prints one table of
+mean ± standard error, saves reliability diagrams and a convergence figure and writes JSON.
 ``train`` runs one configuration. The other subcommands live in their own modules, each offering
 ``add_arguments(parser)`` and ``main(args) -> int``.
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +24,7 @@ import pandas as pd
 
 from . import guards
 from .config import add_config_flags, make_config, overrides_from_flags, run_id
-from .fileio import atomic_paths, check_output_path, write_json
+from .fileio import check_output_path, publish, staging, temporary, write_json
 
 DELEGATED = {  # subcommand -> module offering add_arguments(parser) and main(args)
     "sweep": "ssvi_lite.sweep",
@@ -45,72 +47,57 @@ def _format_table(table: pd.DataFrame) -> str:
     return table.to_string(index=False, float_format=lambda v: f"{v:.4f}")
 
 
-def demo_configs(epochs: int | None = None, seed: int = 0, n_train: int | None = None) -> list:
-    """MAP, dense VI, SSVI at density 0.1 (snr_abs + grad) and the static mask, kit preset."""
-    common = dict(seed=seed, **({"epochs": epochs} if epochs else {}),
-                  **({"n_train": n_train} if n_train else {}))
-    return [make_config("kit", method="map", **common),
-            make_config("kit", method="vi", **common),
-            make_config("kit", method="ssvi", density=0.1, removal="snr_abs", addition="grad",
-                        **common),
-            make_config("kit", method="static", density=0.1, **common)]
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .experiment import load_data, run
-    from .plots import reliability_diagram, save_figure
-    from .predict import predict_proba
+    from . import demo
+    from .convergence import assess
+    from .experiment import load_data
 
-    configs = demo_configs(args.epochs, args.seed, args.n_train)
-    png, json_path = _demo_outputs(args, configs)  # checked before any work
-    data = load_data(configs[0])
+    configs = demo.demo_configs(args.seeds, args.epochs, args.n_train)
+    out, json_path = _demo_outputs(args, configs)  # checked before any work
+    data, cfg = load_data(configs[0]), configs[0]
+    workers = args.workers or max(1, min(2, os.cpu_count() or 1, len(configs)))
     print(f"ssvi_lite demo: {data.name}, {data.n_train} training / {len(data.y_val)} validation / "
-          f"{len(data.y_test)} test images, {configs[0].epochs} epochs per method, CPU/GPU auto")
-    rows, curves = [], []
-    for cfg in configs:
-        result = run(cfg.replace(progress=not args.quiet), data=data)
-        rows.append(result.row)
-        probs = predict_proba(result.model, data.x_test, cfg.n_eval_samples).mean(0)
-        curves.append((f"{cfg.method} (d={result.row['density']:.2f})", probs))
-        print(f"  {cfg.method:>6}: accuracy {result.row['accuracy']:.4f}, "
-              f"{result.row['wall_time_s']:.1f} s", flush=True)
-    print("\n" + _format_table(printed_table(rows)))
-    print("FLOPs = 2 × multiply-adds of weight layers; ratio vs dense VI over the same steps.")
-    fig = _reliability_panel(curves, data.y_test, reliability_diagram)
-    with atomic_paths(png, json_path) as (tmp_png, tmp_json):  # both files or neither
-        save_figure(fig, tmp_png)
+          f"{len(data.y_test)} test images; kit preset (MLP {cfg.hidden}, κ = {cfg.kl_scale:g}, "
+          f"prior σ {cfg.prior_sigma:g}, {cfg.epochs} epochs); seeds {list(args.seeds)}; "
+          f"{workers} worker process(es)", flush=True)
+    results = demo.run_all(configs, workers, say=(lambda *a, **k: None) if args.quiet else print)
+    rows = [row for row, _, _ in results]
+    print("\n" + demo.summary_table(rows).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print("mean ± standard error over seeds (each seed: its own split, init and masks); ECE: "
+          "15 bins; FLOPs = 2 × multiply-adds, ratio vs dense VI over the same steps")
+    for row, _, history in results:
+        if row["method"] == "vi":
+            print(f"dense VI, seed {row['seed']}: {assess(history).summary()}")
+    with staging(out) as stage, temporary(json_path) as tmp_json:  # all files or none
+        made = demo.figures(results, data.y_test, stage)
         write_json(tmp_json, rows)
-    print(f"reliability diagram: {png}")
+        publish([(path, out / path.name) for path in made] + [(tmp_json, json_path)])
+    for path in made:
+        print(f"figure: {out / path.name}")
     print(f"results: {json_path}")
     return 0
 
 
+DEMO_FIGURES = ("reliability.png", "convergence.png")  # what ssvi_lite.demo.figures writes
+
+
 def _demo_outputs(args: argparse.Namespace, configs: list) -> tuple[Path, Path]:
-    """The demo's figure and JSON paths, checked: writable, distinct, and either new, this demo's
-    own (the JSON lists the same run ids, so the figure beside it is this demo's too) or
-    ``--overwrite``."""
+    """The demo's folder and JSON path, checked: writable, distinct from the figures, and either
+    new, this demo's own (the JSON lists the same run ids, so the figures beside it are this
+    demo's too) or ``--overwrite``."""
     out = check_output_path(args.out, "folder", what="--out")
-    png = check_output_path(out / "reliability.png", "file", what="the figure")
+    figures = [check_output_path(out / name, "file", what="the figure") for name in DEMO_FIGURES]
     json_path = check_output_path(out / "demo.json" if args.json is None else args.json, "file",
                                   what="--json")
-    guards.check_distinct(figure=png, json=json_path)
+    guards.check_distinct(json=json_path, **{f"figure {p.name}": p for p in figures})
     ids = [run_id(cfg) for cfg in configs]
     guards.check_result_file(json_path, ids, overwrite=args.overwrite)
-    if png.exists() and not args.overwrite and guards.run_ids_in(json_path) != ids:
-        raise FileExistsError(f"figure {png} already exists and is not this demo's (no results "
-                              f"of the same runs in {json_path}); choose another --out, or pass "
-                              "--overwrite to replace it")
-    return png, json_path
-
-
-def _reliability_panel(curves: list, labels: Any, draw: Any) -> Any:
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(curves), figsize=(3.2 * len(curves), 3.4), sharey=True)
-    for ax, (name, probs) in zip(axes, curves):
-        draw(probs, labels, n_bins=15, ax=ax, label=name)
-    fig.tight_layout()
-    return fig
+    for png in figures:
+        if png.exists() and not args.overwrite and guards.run_ids_in(json_path) != ids:
+            raise FileExistsError(f"figure {png} already exists and is not this demo's (no "
+                                  f"results of the same runs in {json_path}); choose another "
+                                  "--out, or pass --overwrite to replace it")
+    return out, json_path
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -162,15 +149,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="MAP vs dense VI vs SSVI vs static mask on embedded MNIST")
     demo.add_argument("--json", help="where to write the results (default OUT/demo.json)")
-    demo.add_argument("--out", default="runs/demo", help="folder for the figure and results")
+    demo.add_argument("--out", default="runs/demo", help="folder for the figures and results")
     demo.add_argument("--epochs", type=guards.positive_int,
-                      help="epochs per method (default: the kit preset's 30)")
+                      help="epochs per run (default: the kit preset's)")
     demo.add_argument("--n-train", type=guards.positive_int,
                       help="use only this many training images")
-    demo.add_argument("--seed", type=guards.non_negative_int, default=0)
-    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.add_argument("--seeds", type=guards.non_negative_int, nargs="+", default=[0, 1, 2],
+                      help="seeds (default 0 1 2): each one its own split, init and masks")
+    demo.add_argument("--workers", type=guards.positive_int,
+                      help="runs at a time (default: 2, or 1 on one core)")
+    demo.add_argument("--quiet", action="store_true", help="no line per finished run")
     demo.add_argument("--overwrite", action="store_true",
-                      help="replace a figure and JSON that other runs wrote")
+                      help="replace figures and JSON that other runs wrote")
     demo.set_defaults(func=cmd_demo)
 
     tr = sub.add_parser("train", help="train and evaluate one configuration")

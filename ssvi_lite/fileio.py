@@ -2,14 +2,16 @@
 
 Every file the kit writes (checkpoints, JSON results, CSV tables, cached arrays, figures) goes
 through here, so an interrupted run never leaves a half-written file that a later run trusts.
-Files that belong together (the demo's JSON and figure) go through :func:`atomic_paths`: all of
-them appear, or none. :func:`check_output_path` is what every command calls on its output paths
-before it does any work, so that a bad path fails at once instead of after the training.
+Files that belong together (the demo's JSON and figures) go through :func:`atomic_paths` or
+:func:`staging` + :func:`publish`: all of them appear, or none. :func:`check_output_path` is
+what every command calls on its output paths before it does any work, so that a bad path fails
+at once instead of after the training.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -45,28 +47,36 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 @contextmanager
 def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
     """Like :func:`atomic_path` for files that belong together: yield one temporary path each and,
-    if the block succeeds, rename them all onto their targets; if the block fails, none is touched,
-    and if a rename fails, the targets already renamed are removed again (all or none)."""
+    if the block succeeds, :func:`publish` them all onto their targets; if the block fails, none
+    is touched."""
     targets = [Path(p) for p in paths]
     with ExitStack() as stack:
-        temps = [stack.enter_context(_temporary(p)) for p in targets]
+        temps = [stack.enter_context(temporary(p)) for p in targets]
         yield temps
-        done: list[Path] = []
-        try:
-            for tmp, path in zip(temps, targets):
-                os.chmod(tmp, 0o666 & ~_UMASK)
-                os.replace(tmp, path)
-                done.append(path)
-        except BaseException:
-            for path in done:
-                path.unlink(missing_ok=True)
-            raise
+        publish(list(zip(temps, targets)))
+
+
+def publish(pairs: list[tuple[Path, Path]]) -> None:
+    """Rename each finished temporary file onto its target (same file system), giving it a
+    normal file's mode; if a rename fails, the targets already renamed are removed again, so
+    the files appear all or none."""
+    done: list[Path] = []
+    try:
+        for tmp, path in pairs:
+            os.chmod(tmp, 0o666 & ~_UMASK)
+            os.replace(tmp, path)
+            done.append(Path(path))
+    except BaseException:
+        for path in done:
+            path.unlink(missing_ok=True)
+        raise
 
 
 @contextmanager
-def _temporary(path: Path) -> Iterator[Path]:
+def temporary(path: str | os.PathLike) -> Iterator[Path]:
     """A fresh temporary file next to ``path`` (its folder created; its name ends like the
-    target's, for writers that go by the suffix), removed after the block unless renamed."""
+    target's, for writers that go by the suffix), removed after the block unless published."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}",
                                     dir=path.parent)
@@ -75,6 +85,19 @@ def _temporary(path: Path) -> Iterator[Path]:
         yield Path(tmp_name)
     finally:
         Path(tmp_name).unlink(missing_ok=True)
+
+
+@contextmanager
+def staging(folder: str | os.PathLike) -> Iterator[Path]:
+    """A temporary folder inside ``folder`` (created) for files written by code that takes a
+    folder; :func:`publish` them from it. Removed with whatever is left after the block."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".staging.", dir=folder))
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 class OutputPathError(ValueError):

@@ -17,16 +17,32 @@ from ssvi_lite.data import read_idx
 TINY = ["--epochs", "1", "--n-train", "256", "--hidden", "16", "--no-progress"]
 
 
-def test_demo_prints_the_table_and_writes_figure_and_json(tmp_path, capsys) -> None:
+def test_demo_prints_the_table_and_writes_figures_and_json(tmp_path, capsys) -> None:
     out = tmp_path / "demo"
-    assert main(["demo", "--epochs", "1", "--n-train", "256", "--quiet", "--out", str(out)]) == 0
+    argv = ["demo", "--epochs", "2", "--n-train", "256", "--seeds", "0", "1", "--workers", "1",
+            "--out", str(out)]
+    assert main(argv) == 0
     text = capsys.readouterr().out
-    for header in ("accuracy", "NLL", "ECE (15 bins)", "Brier", "train FLOPs / dense VI"):
+    for header in ("accuracy", "nll", "ece", "brier", "train FLOPs / dense VI", "converged",
+                   "σ q90/q10 (layer 1)", "mean ± standard error over seeds"):
         assert header in text
+    assert "dense VI, seed 0: " in text and "dense VI, seed 1: " in text  # convergence verdicts
     rows = json.loads((out / "demo.json").read_text())
-    assert [r["method"] for r in rows] == ["map", "vi", "ssvi", "static"]
-    assert rows[2]["density"] == pytest.approx(0.1, abs=0.01)
-    assert (out / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [(r["method"], r["seed"]) for r in rows] == [
+        (m, s) for m in ("map", "vi", "ssvi", "static") for s in (0, 1)]
+    assert rows[4]["density"] == pytest.approx(0.1, abs=0.01)
+    assert rows[0]["converged"] is None and isinstance(rows[2]["converged"], bool)
+    for name in ("reliability.png", "convergence.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_runs_seeds_in_worker_processes(tmp_path, capsys) -> None:
+    out = tmp_path / "demo"
+    argv = ["demo", "--epochs", "1", "--n-train", "128", "--seeds", "3", "--workers", "2",
+            "--quiet", "--out", str(out)]
+    assert main(argv) == 0
+    rows = json.loads((out / "demo.json").read_text())
+    assert {r["seed"] for r in rows} == {3} and len(rows) == 4
 
 
 def test_train_writes_json_and_a_checkpoint_that_resumes(tmp_path, capsys) -> None:

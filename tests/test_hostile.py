@@ -29,8 +29,9 @@ from ssvi_lite.subspace import SwapSchedule
 from ssvi_lite.sweep import expand_grid, run_sweep
 
 TINY = ["--epochs", "1", "--n-train", "64", "--hidden", "8"]
-PREFIX = {"train": [*TINY, "--no-progress"], "demo": ["--epochs", "1", "--n-train", "64",
-                                                      "--quiet", "--out", "{t}/demo"],
+PREFIX = {"train": [*TINY, "--no-progress"],
+          "demo": ["--epochs", "1", "--n-train", "64", "--seeds", "0", "--workers", "1", "--quiet",
+                   "--out", "{t}/demo"],
           "sweep": [*TINY, "--cluster", "debug", "--out", "{t}/sw"],
           "compare": [*TINY, "--cluster", "debug", "--no-figures", "--out", "{t}/cmp"],
           "fetch": [], "report": []}
@@ -82,11 +83,13 @@ CLI = _cases("train", [
 ]) + _cases("demo", [
     (["--epochs", "0"], ["--epochs", "'0'"]), (["--epochs", "-1"], ["'-1'"]),
     (["--epochs", "abc"], ["'abc'"]), (["--n-train", "0"], ["--n-train", "'0'"]),
-    (["--n-train", "-5"], ["'-5'"]), (["--seed", "-1"], ["--seed"]),
+    (["--n-train", "-5"], ["'-5'"]), (["--seeds", "-1"], ["--seeds"]),
+    (["--seeds", "x"], ["--seeds", "'x'"]), (["--workers", "0"], ["--workers", "'0'"]),
     (["--out", "{t}/file"], ["is a file"]), (["--out", "{t}/file/sub"], ["not a folder"]),
     (["--json", "{t}/folder"], ["is a folder"]), (["--json", "{t}/file"], ["--overwrite"]),
     (["--json", "{t}/results.json"], ["other-run"]),
     (["--out", "{t}/png"], ["reliability.png", "--overwrite"]),
+    (["--json", "{t}/demo/convergence.png"], ["same file"]),
     (["--json", "{t}/demo/reliability.png"], ["same file"]), (["--json", ""], ["empty"]),
     (["--foo"], ["--foo"]),
 ]) + _cases("fetch", [
@@ -190,7 +193,7 @@ def test_demo_writes_json_and_figure_both_or_neither(tmp_path, monkeypatch) -> N
         raise OSError("disk full")
 
     monkeypatch.setattr(plots, "save_figure", broken)
-    assert main(["demo", *PREFIX["demo"][:5], "--out", str(tmp_path / "demo")]) == 2
+    assert main(["demo", *PREFIX["demo"][:-2], "--out", str(tmp_path / "demo")]) == 2
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # no JSON without its figure
 
 

@@ -13,7 +13,8 @@ from .base import _axes, _predictive
 # ----------------------------------------------------------------------------- calibration
 def reliability_diagram(probs: Any, labels: Any, n_bins: int = 15, ax: Axes | None = None,
                         label: str | None = None) -> Axes:
-    """Reliability diagram: per-bin accuracy bars, the gap to the diagonal, ECE in the legend.
+    """Reliability diagram: per-bin accuracy bars with the number of examples at the foot of each
+    bar, the gap to the diagonal, ECE in the legend.
 
     Bins are the top-label equal-width bins of :func:`metrics.reliability_bins` (Guo et al.,
     ICML 2017); the title states their number. ``probs``: (N, C), or (K, N, C) averaged over K.
@@ -32,7 +33,12 @@ def reliability_diagram(probs: Any, labels: Any, n_bins: int = 15, ax: Axes | No
     ax.bar(left, gap, bottom=acc, width=width, align="edge", color="C3", alpha=0.35,
            edgecolor="C3", hatch="//", linewidth=0.5, label="gap to confidence")
     ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top-label probability)",
+    for x, w, count in zip(left, width, bins["count"]):
+        if count:  # how many examples each bar rests on, at its foot
+            ax.text(x + w / 2, 0.015, str(int(count)), rotation=90, ha="center", va="bottom",
+                    fontsize=6, bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none",
+                                      "alpha": 0.75})
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top-label probability; numbers: examples)",
            ylabel="accuracy (fraction correct)")
     bins_text = f"{n_bins} bin{'' if n_bins == 1 else 's'}"  # the bin count is on every plot (§9)
     ax.set_title(f"{label}, {bins_text}" if label else f"reliability diagram, {bins_text}")
