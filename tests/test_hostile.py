@@ -186,15 +186,30 @@ def test_cli_train_replaces_only_its_own_results(tmp_path, capsys) -> None:
     assert main([*other, "--overwrite"]) == 0 and json.loads(out.read_text())["method"] == "map"
 
 
-def test_demo_writes_json_and_figure_both_or_neither(tmp_path, monkeypatch) -> None:
-    from ssvi_lite import plots
+@pytest.mark.parametrize("fail", ["second figure", "json rename"])
+def test_demo_writes_json_and_figures_all_or_none(fail, tmp_path, monkeypatch) -> None:
+    from ssvi_lite import demo, plots
 
-    def broken(fig, path):
-        raise OSError("disk full")
+    configs, save, replace = demo.demo_configs, plots.save_figure, fileio.os.replace
+    monkeypatch.setattr(demo, "demo_configs", lambda *a, **k: [c.replace(hidden=(8,)) for c in
+                                                               configs(*a, **k)])
 
-    monkeypatch.setattr(plots, "save_figure", broken)
+    def broken_save(fig, path):
+        if path.name == "convergence.png":
+            raise OSError("disk full")
+        return save(fig, path)
+
+    def broken_replace(src, dst):
+        if str(dst).endswith("/demo.json"):
+            raise OSError("disk full")
+        replace(src, dst)
+
+    if fail == "second figure":
+        monkeypatch.setattr(plots, "save_figure", broken_save)
+    else:
+        monkeypatch.setattr(fileio.os, "replace", broken_replace)
     assert main(["demo", *PREFIX["demo"][:-2], "--out", str(tmp_path / "demo")]) == 2
-    assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # no JSON without its figure
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # no JSON or figure left alone
 
 
 def test_atomic_paths_all_or_none(tmp_path, monkeypatch) -> None:
