@@ -30,7 +30,7 @@ $(VENV)/.lab: $(VENV)/.core
 	touch $@
 
 demo: $(VENV)/.core
-	$(BIN)/python -m ssvi_lite demo --out runs/demo
+	$(BIN)/python -m ssvi_lite demo --out runs/demo --overwrite
 
 test: $(VENV)/.dev
 	MPLBACKEND=Agg OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadfile --nbval-lax $(PYTEST_ARGS) tests notebooks

@@ -5,6 +5,10 @@ mask on the embedded MNIST subset for several seeds (``ssvi_lite.demo``), prints
 mean ± standard error, saves reliability diagrams and a convergence figure and writes JSON.
 ``train`` runs one configuration. The other subcommands live in their own modules, each offering
 ``add_arguments(parser)`` and ``main(args) -> int``.
+
+Every command checks its arguments and output paths before it starts any work
+(``ssvi_lite.guards``, ``ssvi_lite.fileio.check_output_path``); bad input ends with one line,
+``error: ...``, and exit status 2, and nothing is written.
 """
 from __future__ import annotations
 
@@ -18,8 +22,9 @@ from typing import Any
 
 import pandas as pd
 
-from .config import add_config_flags, make_config, overrides_from_flags
-from .fileio import write_json
+from . import guards
+from .config import add_config_flags, make_config, overrides_from_flags, run_id
+from .fileio import check_output_path, publish, staging, temporary, write_json
 
 DELEGATED = {  # subcommand -> module offering add_arguments(parser) and main(args)
     "sweep": "ssvi_lite.sweep",
@@ -48,6 +53,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .experiment import load_data
 
     configs = demo.demo_configs(args.seeds, args.epochs, args.n_train)
+    out, json_path = _demo_outputs(args, configs)  # checked before any work
     data, cfg = load_data(configs[0]), configs[0]
     workers = args.workers or max(1, min(2, os.cpu_count() or 1, len(configs)))
     print(f"ssvi_lite demo: {data.name}, {data.n_train} training / {len(data.y_val)} validation / "
@@ -62,50 +68,99 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for row, _, history in results:
         if row["method"] == "vi":
             print(f"dense VI, seed {row['seed']}: {assess(history).summary()}")
-    out = Path(args.out)
-    for path in demo.figures(results, data.y_test, out):
-        print(f"figure: {path}")
-    print(f"results: {write_json(args.json or out / 'demo.json', rows)}")
+    with staging(out) as stage, temporary(json_path) as tmp_json:  # all files or none
+        made = demo.figures(results, data.y_test, stage)
+        write_json(tmp_json, rows)
+        publish([(path, out / path.name) for path in made] + [(tmp_json, json_path)])
+    for path in made:
+        print(f"figure: {out / path.name}")
+    print(f"results: {json_path}")
     return 0
+
+
+DEMO_FIGURES = ("reliability.png", "convergence.png")  # what ssvi_lite.demo.figures writes
+
+
+def _demo_outputs(args: argparse.Namespace, configs: list) -> tuple[Path, Path]:
+    """The demo's folder and JSON path, checked: writable, distinct from the figures, and either
+    new, this demo's own (the JSON lists the same run ids, so the figures beside it are this
+    demo's too) or ``--overwrite``."""
+    out = check_output_path(args.out, "folder", what="--out")
+    figures = [check_output_path(out / name, "file", what="the figure") for name in DEMO_FIGURES]
+    json_path = check_output_path(out / "demo.json" if args.json is None else args.json, "file",
+                                  what="--json")
+    guards.check_distinct(json=json_path, **{f"figure {p.name}": p for p in figures})
+    ids = [run_id(cfg) for cfg in configs]
+    guards.check_result_file(json_path, ids, overwrite=args.overwrite)
+    for png in figures:
+        if png.exists() and not args.overwrite and guards.run_ids_in(json_path) != ids:
+            raise FileExistsError(f"figure {png} already exists and is not this demo's (no "
+                                  f"results of the same runs in {json_path}); choose another "
+                                  "--out, or pass --overwrite to replace it")
+    return out, json_path
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .experiment import run
 
-    if args.resume and not args.checkpoint:
+    if args.resume and args.checkpoint is None:
         raise ValueError("--resume needs --checkpoint PATH (the checkpoint to continue from)")
     cfg = make_config(args.preset, **overrides_from_flags(args))
+    _check_train_outputs(args, cfg)
     result = run(cfg, checkpoint=args.checkpoint, resume=args.resume)
     from . import distributed
 
     if not distributed.is_main():
         return 0
     print(_format_table(printed_table([result.row])))
-    if args.json:
+    if args.json is not None:
         write_json(args.json, result.row)
         print(f"results: {args.json}")
     return 0
 
 
+def _check_train_outputs(args: argparse.Namespace, cfg: Any) -> None:
+    """Before any work: the output paths can be written and lose nothing (a checkpoint is resumed
+    or replaced only when asked; ``--json`` replaces only this run's own results), and a
+    checkpoint to resume was written by this very configuration."""
+    from .checkpoint import load
+
+    for flag in ("json", "checkpoint"):
+        if getattr(args, flag) is not None:
+            check_output_path(getattr(args, flag), "file", what=f"--{flag}")
+    guards.check_distinct(**{"--json": args.json, "--checkpoint": args.checkpoint})
+    guards.check_checkpoint_target(args.checkpoint, resume=args.resume, overwrite=args.overwrite)
+    if args.resume:
+        load(args.checkpoint, cfg)  # refuses another run's checkpoint, listing what differs
+    guards.check_result_file(args.json, [run_id(cfg)], overwrite=args.overwrite)
+
+
 def cmd_fetch(args: argparse.Namespace) -> int:
     from .fetch import fetch
 
+    check_output_path(args.root, "folder", what="--root")
     print(f"{args.name}: ready in {fetch(args.name, args.root)}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m ssvi_lite", description=__doc__.split("\n")[0])
+    parser = guards.OneLineParser(prog="python -m ssvi_lite",
+                                  description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="MAP vs dense VI vs SSVI vs static mask on embedded MNIST")
     demo.add_argument("--json", help="where to write the results (default OUT/demo.json)")
     demo.add_argument("--out", default="runs/demo", help="folder for the figures and results")
-    demo.add_argument("--epochs", type=int, help="epochs per run (default: the kit preset's)")
-    demo.add_argument("--n-train", type=int, help="use only this many training images")
-    demo.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+    demo.add_argument("--epochs", type=guards.positive_int,
+                      help="epochs per run (default: the kit preset's)")
+    demo.add_argument("--n-train", type=guards.positive_int,
+                      help="use only this many training images")
+    demo.add_argument("--seeds", type=guards.non_negative_int, nargs="+", default=[0, 1, 2],
                       help="seeds (default 0 1 2): each one its own split, init and masks")
-    demo.add_argument("--workers", type=int, help="runs at a time (default: 2, or 1 on one core)")
+    demo.add_argument("--workers", type=guards.positive_int,
+                      help="runs at a time (default: 2, or 1 on one core)")
     demo.add_argument("--quiet", action="store_true", help="no line per finished run")
+    demo.add_argument("--overwrite", action="store_true",
+                      help="replace figures and JSON that other runs wrote")
     demo.set_defaults(func=cmd_demo)
 
     tr = sub.add_parser("train", help="train and evaluate one configuration")
@@ -113,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--json", help="write the results row here")
     tr.add_argument("--checkpoint", help="write a checkpoint here after every epoch")
     tr.add_argument("--resume", action="store_true", help="continue from --checkpoint")
+    tr.add_argument("--overwrite", action="store_true",
+                    help="replace an existing --checkpoint, or a --json of another run")
     tr.set_defaults(func=cmd_train)
 
     fe = sub.add_parser("fetch", help="download and verify a real dataset (needs internet)")
@@ -132,10 +189,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; bad input prints one clear line and exits with status 2."""
-    args = build_parser().parse_args(argv)
+    """Entry point; bad input prints one clear line and exits with status 2 (argument errors
+    included), before any work where the input can be checked up front."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # --help (0) or an argument error, already printed (2)
+        return stop.code if isinstance(stop.code, int) else 2
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FloatingPointError, ConnectionError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (ValueError, OSError, FloatingPointError, MemoryError) as err:
+        print(f"error: {_message(err)}", file=sys.stderr)
         return 2
+
+
+def _message(err: BaseException) -> str:
+    """The error's message (OS errors name their file), without a traceback."""
+    text = str(err) or type(err).__name__
+    if isinstance(err, OSError) and err.filename and str(err.filename) not in text:
+        text = f"{err.filename}: {text}"
+    return text

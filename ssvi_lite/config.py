@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -33,6 +34,7 @@ import random
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from numbers import Integral
 from typing import Any
 
 import numpy as np
@@ -45,6 +47,10 @@ OPTIMIZERS = ("adam", "sgd")
 MU_INITS = ("kaiming", "normal")
 AUGMENTATIONS = ("none", "crop_flip")
 SELECTIONS = ("last", "best_val_nll", "best_val_acc")  # which epoch a run keeps
+DATASETS = ("mnist5k", "digits", "moons", "mnist", "fashion_mnist", "cifar10", "cifar100",
+            "svhn")  # ssvi_lite.data reads them
+# Fields that do not change what a run computes: left out of its run id (and config id).
+NOT_IN_RUN_ID = ("device", "progress", "data_root")
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -74,7 +80,7 @@ class TrainConfig:
     method: str = knob("ssvi", "training method (ssvi_lite.methods.REGISTRY)")
     model: str = knob("mlp", "network", choices=MODELS)
     hidden: tuple[int, ...] = knob((400, 400), "MLP hidden widths")
-    dataset: str = knob("mnist5k", "dataset name (ssvi_lite.data.DATASETS)")
+    dataset: str = knob("mnist5k", "dataset name (ssvi_lite.data)", choices=DATASETS)
     data_root: str | None = knob(None, "folder with real dataset files (see data/README.md)")
     n_train: int | None = knob(None, "use only this many training examples (default: all)")
     augment: str = knob("none", "batch augmentation", choices=AUGMENTATIONS)
@@ -150,10 +156,10 @@ FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 def _int_tuple(name: str, value: Any) -> tuple[int, ...]:
     ok = isinstance(value, (tuple, list)) and all(
-        isinstance(v, int) and not isinstance(v, bool) for v in value)
+        isinstance(v, Integral) and not isinstance(v, bool) for v in value)
     if not ok:
         raise ValueError(f"{name}={value!r} must be a list of whole numbers (e.g. 400 400)")
-    return tuple(value)
+    return tuple(int(v) for v in value)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -191,7 +197,8 @@ def validate(cfg: TrainConfig) -> None:
     method = get_method(cfg.method)
     for name, allowed in (("model", MODELS), ("mask_init", MASK_INITS), ("preset", PRESETS),
                           ("optimizer", OPTIMIZERS), ("mu_init", MU_INITS),
-                          ("augment", AUGMENTATIONS), ("select", SELECTIONS)):
+                          ("augment", AUGMENTATIONS), ("select", SELECTIONS),
+                          ("dataset", DATASETS)):
         _choice(name, getattr(cfg, name), tuple(allowed))
     validate_density(cfg.density)
     if method.density != "target" and cfg.density != 1.0:
@@ -209,8 +216,20 @@ def validate(cfg: TrainConfig) -> None:
     for name, integer in (("rho_lr", False), ("n_train", True)):
         if getattr(cfg, name) is not None:
             _positive(name, getattr(cfg, name), integer=integer)
+    _check_types(cfg)
     _check_ranges(cfg)
     method.parse_options(cfg.method_options)
+
+
+def _check_types(cfg: TrainConfig) -> None:
+    """Switches must be true/false (a string "no" would count as true) and data_root a path."""
+    hints = typing.get_type_hints(TrainConfig)
+    for name in FIELDS:
+        value = getattr(cfg, name)
+        if hints[name] is bool and not isinstance(value, bool):
+            raise ValueError(f"{name}={value!r} must be true or false")
+    if cfg.data_root is not None and not isinstance(cfg.data_root, (str, os.PathLike)):
+        raise ValueError(f"data_root={cfg.data_root!r} must be a folder path or None")
 
 
 def _check_ranges(cfg: TrainConfig) -> None:
@@ -218,13 +237,45 @@ def _check_ranges(cfg: TrainConfig) -> None:
         raise ValueError(f"t_end_fraction={cfg.t_end_fraction!r} must lie in (0, 1]")
     if not 0.0 <= cfg.alpha <= 1.0:
         raise ValueError(f"alpha={cfg.alpha!r} (initial swap fraction) must lie in [0, 1]")
-    if not 0.0 <= cfg.val_fraction < 0.5:
-        raise ValueError(f"val_fraction={cfg.val_fraction!r} must lie in [0, 0.5)")
+    if not 0.0 < cfg.val_fraction < 0.5:
+        raise ValueError(f"val_fraction={cfg.val_fraction!r} must lie in (0, 0.5): a run "
+                         "validates after every epoch")
     if cfg.device not in ("auto", "cpu") and not str(cfg.device).startswith("cuda"):
         raise ValueError(f"device={cfg.device!r} is not known; choose auto, cpu, cuda or cuda:N")
     if not cfg.hidden or not all(h > 0 for h in cfg.hidden):
         raise ValueError(f"hidden={cfg.hidden!r}: give at least one hidden width, each a "
                          "positive integer")
+
+
+# ----------------------------------------------------------------------------- identities
+def _digest(fields: dict[str, Any]) -> str:
+    return hashlib.sha1(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def run_id(cfg: TrainConfig) -> str:
+    """Stable id of one run: ``<method>-d<density>-s<seed>-<12 hex of SHA-1>``.
+
+    The hash covers every field except ``NOT_IN_RUN_ID`` (device, progress bars and where the data
+    files live; JSON with sorted keys), so it is the same in every process and on every machine.
+    """
+    fields = {k: v for k, v in cfg.to_dict().items() if k not in NOT_IN_RUN_ID}
+    return f"{cfg.method}-d{cfg.density:g}-s{cfg.seed}-{_digest(fields)}"
+
+
+def config_id(cfg: TrainConfig) -> str:
+    """Stable id of a configuration with the seed left out: ``<method>-d<density>-<12 hex>``.
+
+    Runs that differ only in their seed (and in ``NOT_IN_RUN_ID``) share it, and so do runs that
+    differ only in scores their method ignores (the removal/addition keys of a method that uses
+    none); ``report`` averages over exactly the runs that share it.
+    """
+    from .methods import get_method
+
+    method = get_method(cfg.method)
+    skip = {*NOT_IN_RUN_ID, "seed", *(() if method.uses_removal else ("removal",)),
+            *(() if method.uses_addition else ("addition",))}
+    fields = {k: v for k, v in cfg.to_dict().items() if k not in skip}
+    return f"{cfg.method}-d{cfg.density:g}-{_digest(fields)}"
 
 
 # ----------------------------------------------------------------------------- presets

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import os
 import warnings
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
@@ -36,12 +35,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .datafiles import _unpickle, read_cifar_binary, read_cifar_python, read_idx, read_svhn_mat
-from .fetch import default_root, locate_files
-from .fileio import atomic_path
+from .config import DATASETS
+from .datacache import real_arrays
+from .datafiles import (  # noqa: F401 (the readers are re-exported, see the docstring)
+    read_cifar_binary,
+    read_cifar_python,
+    read_idx,
+    read_svhn_mat,
+)
+from .fetch import default_root, locate_files  # noqa: F401 (re-exported)
 
-DATASETS: tuple[str, ...] = ("mnist5k", "digits", "moons", "mnist", "fashion_mnist", "cifar10",
-                             "cifar100", "svhn")
 EMBEDDED: tuple[str, ...] = ("mnist5k", "digits", "moons")
 # name -> (n_classes, input shape per example, pixel divisor, standardise with train mean/std?)
 _SPECS: dict[str, tuple[int, tuple[int, ...], float, bool]] = {
@@ -84,77 +87,13 @@ class DataSplits:
                 f"input_shape={self.input_shape})")
 
 
-# ----------------------------------------------------------------------------- decoding + cache
-def _check_labels(path: Path, labels: np.ndarray, n_classes: int) -> None:
-    if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
-        raise ValueError(f"{path}: label out of range: found {labels.min()}..{labels.max()}, "
-                         f"allowed 0..{n_classes - 1}")
-
-
-def _read_idx_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
-    images, labels = read_idx(images_path), read_idx(labels_path)
-    if images.ndim != 3 or images.dtype != np.uint8:
-        raise ValueError(f"{images_path}: expected an images file (magic 2051, N×rows×cols uint8)")
-    if labels.ndim != 1:
-        raise ValueError(f"{labels_path}: expected a labels file (magic 2049, N uint8)")
-    if len(labels) != len(images):
-        raise ValueError(f"{labels_path}: label count mismatch: {len(labels)} labels for "
-                         f"{len(images)} images in {images_path}")
-    _check_labels(labels_path, labels.astype(np.int64), 10)
-    return images[:, None], labels.astype(np.int64)  # (N, 1, rows, cols)
-
-
-def _read_split(fmt: str, paths: list[Path], n_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    if fmt == "idx":
-        return _read_idx_pair(*paths)
-    parts = []
-    for path in paths:
-        if fmt.endswith("_bin"):
-            x, y = read_cifar_binary(path, 2 if fmt.startswith("cifar100") else 1)
-        else:
-            x, y = read_svhn_mat(path) if fmt == "svhn" else read_cifar_python(path)
-        _check_labels(path, y, n_classes)
-        parts.append((x, y))
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-
-
-def _class_names(name: str, fmt: str, folder: Path) -> list[str]:
-    meta = {"cifar100_bin": "fine_label_names.txt", "cifar100_py": "meta"}.get(fmt)
-    if meta and (folder / meta).is_file():
-        if fmt.endswith("_bin"):
-            return [s for s in (folder / meta).read_text().split() if s]
-        return [str(s) for s in _unpickle(folder / meta).get("fine_label_names", [])]
-    n = _SPECS[name][0]
-    return _NAMES.get(name, [str(i) for i in range(n)])
-
-
-def _fingerprint(fmt: str, paths: list[Path]) -> str:
-    stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
-    return fmt + "|" + ";".join(f"{n}:{s}:{t}" for n, s, t in stats)
-
-
+# ----------------------------------------------------------------------------- real datasets
 def _real_arrays(name: str, root: Path) -> dict[str, np.ndarray]:
-    """Decoded official train/test arrays of a real dataset, via the .npz cache."""
-    fmt, folder, train_paths, test_paths = locate_files(name, root)
-    stamp, cache = _fingerprint(fmt, train_paths + test_paths), root / "cache" / f"{name}.npz"
-    if cache.is_file():
-        try:
-            with np.load(cache, allow_pickle=False) as z:
-                if str(z["fingerprint"]) == stamp:
-                    return {k: z[k] for k in ("x_train", "y_train", "x_test", "y_test", "classes")}
-        except (OSError, ValueError, KeyError, zlib.error):
-            pass  # unreadable cache: decode again and overwrite it
-    n = _SPECS[name][0]
-    x_train, y_train = _read_split(fmt, train_paths, n)
-    x_test, y_test = _read_split(fmt, test_paths, n)
-    arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test,
-              "classes": np.array(_class_names(name, fmt, folder))}
-    try:
-        with atomic_path(cache) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, fingerprint=np.array(stamp), **arrays)
-    except OSError as err:
-        warnings.warn(f"could not write the cache {cache}: {err}", stacklevel=2)
-    return arrays
+    """Decoded official train/test arrays of a real dataset, via the checked .npz cache
+    (``ssvi_lite.datacache``)."""
+    n_classes, shape = _SPECS[name][:2]
+    return real_arrays(name, root, n_classes, shape,
+                       _NAMES.get(name, [str(i) for i in range(n_classes)]))
 
 
 @cache
@@ -268,6 +207,11 @@ def _split(name: str, root: str | os.PathLike | None, seed: int, val_fraction: f
     return splits, x_out
 
 
+def _check_root(root: Any) -> None:
+    if root is not None and not isinstance(root, (str, os.PathLike)):
+        raise ValueError(f"root={root!r} must be a folder path or None (the default data root)")
+
+
 def load_dataset(name: str, *, root: str | None = None, seed: int = 0, val_fraction: float = 0.1,
                  n_train: int | None = None, exclude_classes: tuple[int, ...] = (),
                  test_fraction: float = 0.2) -> DataSplits:
@@ -280,6 +224,9 @@ def load_dataset(name: str, *, root: str | None = None, seed: int = 0, val_fract
     >>> load_dataset("mnist5k").n_train     # doctest: +SKIP
     3500
     """
+    if not isinstance(exclude_classes, (tuple, list, range)):
+        raise ValueError(f"exclude_classes={exclude_classes!r} must be a list of class indices")
+    _check_root(root)
     return _split(name, root, seed, val_fraction, n_train, tuple(exclude_classes),
                   test_fraction)[0]
 
@@ -295,6 +242,7 @@ def heldout_class_split(name: str, classes_out: tuple[int, ...] = (8, 9), **load
     if unknown:
         raise ValueError(f"unknown option(s) {sorted(unknown)}; allowed: root, seed, "
                          "val_fraction, n_train")
+    _check_root(kw["root"])
     return _split(name, kw["root"], kw["seed"], kw["val_fraction"], kw["n_train"],
                   tuple(classes_out))
 

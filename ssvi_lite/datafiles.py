@@ -17,11 +17,18 @@ Formats (as each format's publishers describe them):
 :func:`read_idx` returns the array as stored (native byte order); the CIFAR and SVHN readers
 return images uint8 (N, 3, 32, 32) and labels int64 (N,). A bad file raises ValueError naming the
 path and what was expected.
+
+Sizes are bounded by the formats before anything is allocated: no file (after gunzip) may exceed
+:data:`MAX_FILE_BYTES` (the largest official file, CIFAR-100's train batch, is 154 MB); an IDX
+file must hold exactly the bytes its header declares; an array in a CIFAR pickle may not exceed a
+CIFAR batch (:data:`MAX_PICKLE_ARRAY_BYTES`) and may hold no Python objects; an SVHN file may hold
+at most :data:`MAX_SVHN_IMAGES` images.
 """
 from __future__ import annotations
 
 import gzip
 import io
+import math
 import os
 import pickle
 import struct
@@ -31,15 +38,28 @@ from typing import Any
 
 import numpy as np
 
+MAX_FILE_BYTES = 256 * 2**20  # any source file, after gunzip
+MAX_PICKLE_ARRAY_BYTES = 50_000 * 3072  # the largest array of a CIFAR python batch (CIFAR-100)
+MAX_SVHN_IMAGES = 700_000  # SVHN's largest file ("extra") holds 531,131
+
 
 def _read_bytes(path: Path) -> bytes:
+    """The file's bytes (gunzipped for ``.gz``), at most :data:`MAX_FILE_BYTES`."""
+    too_big = ValueError(f"{path}: larger than {MAX_FILE_BYTES} bytes, more than any file of "
+                         "the supported datasets holds")
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise too_big
     raw = path.read_bytes()
     if path.suffix != ".gz":
         return raw
     try:
-        return gzip.decompress(raw)
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as fh:
+            out = fh.read(MAX_FILE_BYTES + 1)
     except (OSError, EOFError, zlib.error) as err:
         raise ValueError(f"{path}: corrupt gzip file ({err})") from err
+    if len(out) > MAX_FILE_BYTES:
+        raise too_big
+    return out
 
 
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -58,7 +78,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         raise ValueError(f"{path}: truncated IDX header ({len(raw)} bytes)")
     dims = struct.unpack(f">{raw[3]}I", raw[4:header])
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
-    expected = header + int(np.prod(dims)) * dtype.itemsize
+    expected = header + math.prod(dims) * dtype.itemsize  # Python ints: no overflow
     if len(raw) != expected:
         raise ValueError(f"{path}: truncated or padded IDX file: header says shape {dims} = "
                          f"{expected} bytes, the file has {len(raw)}")
@@ -83,8 +103,40 @@ def read_cifar_binary(path: str | os.PathLike, n_label_bytes: int = 1) -> tuple[
 
 
 _RECONSTRUCT = np.arange(1).__reduce__()[0]  # numpy's array-rebuilding function
-_PICKLE_ALLOWED = {("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
-                   ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
+
+
+class _CheckedArray(np.ndarray):
+    """What the unpickler builds arrays as: their state (shape, dtype) is checked before any
+    memory is set aside; object arrays and arrays larger than a CIFAR batch are refused."""
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise pickle.UnpicklingError(f"unexpected numpy array state {type(state).__name__}")
+        _check_array_size(*state[-4:-2])  # (version,) shape, dtype, is_fortran, data
+        super().__setstate__(state)
+
+
+def _check_array_size(shape: Any, dtype: Any) -> None:
+    dtype = np.dtype(dtype)
+    if not isinstance(shape, tuple) or not all(isinstance(n, int) and n >= 0 for n in shape):
+        raise pickle.UnpicklingError(f"array shape {shape!r} is not a tuple of sizes")
+    if dtype.hasobject:
+        raise pickle.UnpicklingError("arrays of Python objects are refused")
+    if math.prod(shape) * dtype.itemsize > MAX_PICKLE_ARRAY_BYTES:
+        raise pickle.UnpicklingError(f"an array of shape {shape} × {dtype} is larger than any "
+                                     f"CIFAR batch ({MAX_PICKLE_ARRAY_BYTES} bytes)")
+
+
+def _reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+    """numpy's array rebuilder, bounded: plain arrays only, of at most a CIFAR batch's size."""
+    if subtype is not np.ndarray:
+        raise pickle.UnpicklingError(f"refusing to build {subtype!r}")
+    _check_array_size(shape, dtype)
+    return _RECONSTRUCT(_CheckedArray, shape, dtype)
+
+
+_PICKLE_ALLOWED = {("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+                   ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
                    ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
                    ("_codecs", "encode"): __import__("codecs").encode}
 
@@ -99,10 +151,11 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 def _unpickle(path: Path) -> Any:
+    raw = _read_bytes(path)
     try:
-        return _RestrictedUnpickler(io.BytesIO(_read_bytes(path)), encoding="latin1").load()
+        return _RestrictedUnpickler(io.BytesIO(raw), encoding="latin1").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
-            IndexError, KeyError) as err:
+            IndexError, KeyError, MemoryError, RecursionError, OverflowError) as err:
         raise ValueError(f"{path}: not a safe CIFAR python pickle ({err}); only dicts, lists, "
                          "strings, bytes and numpy arrays are allowed") from err
 
@@ -115,11 +168,34 @@ def read_cifar_python(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     key = "fine_labels" if isinstance(batch, dict) and "fine_labels" in batch else "labels"
     if not isinstance(batch, dict) or "data" not in batch or key not in batch:
         raise ValueError(f"{path}: expected a dict with 'data' and 'labels'/'fine_labels'")
-    data, labels = np.asarray(batch["data"], np.uint8), np.asarray(batch[key], np.int64)
+    data, labels = batch["data"], _int_labels(path, batch[key])
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
+        raise ValueError(f"{path}: 'data' must be a uint8 array, got "
+                         f"{getattr(data, 'dtype', type(data).__name__)}")
     if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
         raise ValueError(f"{path}: data of shape {data.shape} does not match {len(labels)} labels"
                          " × 3072 pixels")
-    return data.reshape(-1, 3, 32, 32), labels  # (N, 3, 32, 32)
+    return np.asarray(data).reshape(-1, 3, 32, 32), labels  # (N, 3, 32, 32)
+
+
+def _int_labels(path: Path, labels: Any) -> np.ndarray:
+    """A flat list (or 1-D integer array) of labels as int64; ValueError naming ``path``."""
+    if isinstance(labels, np.ndarray) and labels.ndim == 1 and labels.dtype.kind in "iu":
+        return labels.astype(np.int64)
+    if isinstance(labels, list) and all(type(v) is int for v in labels):
+        return np.array(labels, dtype=np.int64)
+    raise ValueError(f"{path}: the labels must be a flat list of integers")
+
+
+def read_cifar_meta(path: str | os.PathLike) -> list[str]:
+    """The fine class names of a CIFAR-100 python ``meta`` file (a pickled dict with
+    ``fine_label_names``: a list of 100 strings), through the restricted unpickler."""
+    path = Path(path)
+    meta = _unpickle(path)
+    names = meta.get("fine_label_names") if isinstance(meta, dict) else None
+    if not isinstance(names, list) or not all(isinstance(n, (str, bytes)) for n in names):
+        raise ValueError(f"{path}: expected a dict with 'fine_label_names', a list of strings")
+    return [n.decode("latin1") if isinstance(n, bytes) else n for n in names]
 
 
 def read_svhn_mat(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -129,7 +205,12 @@ def read_svhn_mat(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 
     path = Path(path)
     try:
-        mat = scipy.io.loadmat(path)
+        _check_svhn_sizes(path, dict((n, s) for n, s, _ in scipy.io.whosmat(path)))
+        mat = scipy.io.loadmat(path, variable_names=["X", "y"])
+    except ValueError as err:
+        if str(path) in str(err):
+            raise
+        raise ValueError(f"{path}: not a readable MATLAB .mat file ({err})") from err
     except Exception as err:  # scipy raises many types for a bad file
         raise ValueError(f"{path}: not a readable MATLAB .mat file ({err})") from err
     x, y = mat.get("X"), mat.get("y")
@@ -141,3 +222,13 @@ def read_svhn_mat(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     if len(y) and (y.min() < 1 or y.max() > 10):
         raise ValueError(f"{path}: SVHN labels must lie in 1..10, found {y.min()}..{y.max()}")
     return np.ascontiguousarray(x.transpose(3, 2, 0, 1)).astype(np.uint8), y % 10  # (N, 3, 32, 32)
+
+
+def _check_svhn_sizes(path: Path, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Before loading: X declared 32×32×3×N and y N values, N ≤ :data:`MAX_SVHN_IMAGES`."""
+    x, y = shapes.get("X"), shapes.get("y")
+    if x is None or y is None or len(x) != 4 or tuple(x[:3]) != (32, 32, 3):
+        raise ValueError(f"{path}: expected X of shape 32×32×3×N and y, got {shapes}")
+    if x[3] > MAX_SVHN_IMAGES or math.prod(y) > MAX_SVHN_IMAGES:
+        raise ValueError(f"{path}: declares {x[3]} images / {math.prod(y)} labels, more than "
+                         f"any SVHN file ({MAX_SVHN_IMAGES})")

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from . import metrics
-from .config import TrainConfig, seed_everything
+from .config import NOT_IN_RUN_ID, TrainConfig, config_id, run_id, seed_everything
 from .convergence import assess
 from .costs import dense_vi_training_flops, inference_flops, layer_costs, model_size_bytes
 from .data import DataSplits, load_dataset, ood_sets
@@ -80,7 +80,9 @@ class RunResult:
 
 def run(cfg: TrainConfig, *, data: DataSplits | None = None, checkpoint: str | Path | None = None,
         resume: bool = False, with_ood: bool = True) -> RunResult:
-    """Train and evaluate one configuration; the row's keys are listed in the README."""
+    """Train and evaluate one configuration; the row's keys are listed in the README. The row
+    knows what it is: ``run_id``, ``config_id`` (the seed left out: what ``report`` groups by)
+    and the full ``config``."""
     generator = seed_everything(cfg.seed)
     data = data if data is not None else load_data(cfg)
     method = get_method(cfg.method)
@@ -94,6 +96,7 @@ def run(cfg: TrainConfig, *, data: DataSplits | None = None, checkpoint: str | P
     train_flops = float(history["train_flops"].iloc[-1])
     dense_vi = dense_vi_training_flops(costs, cfg.epochs * data.n_train)
     row = {
+        "run_id": run_id(cfg), "config_id": config_id(cfg),
         "method": cfg.method, "dataset": cfg.dataset, "model": cfg.model,
         "density": model_density(model), "target_density": cfg.density,
         "removal": cfg.removal, "addition": cfg.addition,
@@ -108,6 +111,7 @@ def run(cfg: TrainConfig, *, data: DataSplits | None = None, checkpoint: str | P
                                                         "n_samples")},
         **_convergence_columns(history, cfg),
         **method.report(model, history.attrs.get("notes", {})),
+        "config": {k: v for k, v in cfg.to_dict().items() if k not in NOT_IN_RUN_ID},
     }
     return RunResult(row, model, history)
 

@@ -12,12 +12,19 @@ Forward modes (one per layer, switched for a whole model by :func:`forward_mode`
 
 KL to the prior N(0, s²), summed over active weights only:
     KL_i = log(s/σ_i) + (σ_i² + μ_i²)/(2 s²) − 1/2.
+
+The mask is a bool tensor of μ's shape, always: assigning anything else (a float mask would scale
+the weights, a smaller one would broadcast) raises ValueError, and so does a forward pass that
+finds one (changed through ``.data``). Sizes, kernels, strides etc. are checked when a layer is
+made.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from numbers import Integral
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +33,30 @@ from torch import Tensor, nn
 from .config import FORWARD_MODES
 
 LRT_EPS = 1e-8
+
+
+def _check_mask(mask: Any, shape: torch.Size) -> None:
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool or mask.shape != shape:
+        got = (f"{mask.dtype} of shape {tuple(mask.shape)}" if isinstance(mask, Tensor)
+               else type(mask).__name__)
+        raise ValueError(f"mask must be a bool tensor of shape {tuple(shape)} (True = active "
+                         f"weight), got {got}")
+
+
+def _check_sizes(layer: str, minimum: int, pairs: bool = False, **sizes: Any) -> None:
+    """ValueError unless each size is an integer ≥ ``minimum`` (or, with ``pairs``, two)."""
+    for name, value in sizes.items():
+        pair = pairs and isinstance(value, (tuple, list)) and len(value) == 2
+        if not all(isinstance(v, Integral) and not isinstance(v, bool) and v >= minimum
+                   for v in (value if pair else (value,))):
+            what = "an integer" + (" (or a pair of integers)" if pairs else "")
+            raise ValueError(f"{layer}: {name}={value!r} must be {what} ≥ {minimum}")
+
+
+def _check_positive(name: str, value: Any) -> None:
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
 
 
 def softplus_inverse(sigma: Tensor) -> Tensor:
@@ -38,10 +69,8 @@ class _MeanFieldLayer(nn.Module):
 
     def _init_variational(self, weight_shape: tuple[int, ...], bias: bool, prior_sigma: float,
                           sigma_init: float) -> None:
-        if not (prior_sigma > 0 and math.isfinite(prior_sigma)):
-            raise ValueError(f"prior_sigma must be a positive number, got {prior_sigma!r}")
-        if not (sigma_init > 0 and math.isfinite(sigma_init)):
-            raise ValueError(f"sigma_init must be a positive number, got {sigma_init!r}")
+        _check_positive("prior_sigma", prior_sigma)
+        _check_positive("sigma_init", sigma_init)
         self.mu = nn.Parameter(torch.empty(weight_shape))
         self.rho = nn.Parameter(torch.empty(weight_shape))
         self.bias = nn.Parameter(torch.zeros(weight_shape[0])) if bias else None
@@ -56,6 +85,11 @@ class _MeanFieldLayer(nn.Module):
         nn.init.kaiming_normal_(self.mu, nonlinearity="relu")
         with torch.no_grad():
             self.rho.fill_(float(softplus_inverse(torch.tensor(sigma_init))))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "mask" and "mask" in self.__dict__.get("_buffers", {}):
+            _check_mask(value, self.mu.shape)
+        super().__setattr__(name, value)
 
     @property
     def sigma(self) -> Tensor:
@@ -92,6 +126,8 @@ class _MeanFieldLayer(nn.Module):
         return self.mask
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.mask.dtype != torch.bool or self.mask.shape != self.mu.shape:
+            _check_mask(self.mask, self.mu.shape)
         m = self.active_mask().to(self.mu.dtype)
         if self.mode == "lrt":
             mean = self._op(x, self._watch(self.mu * m), self.bias)
@@ -128,6 +164,7 @@ class MeanFieldLinear(_MeanFieldLayer):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  prior_sigma: float = 0.1, sigma_init: float = 1e-3) -> None:
         super().__init__()
+        _check_sizes("MeanFieldLinear", 1, in_features=in_features, out_features=out_features)
         self.in_features, self.out_features = in_features, out_features
         self._init_variational((out_features, in_features), bias, prior_sigma, sigma_init)
 
@@ -146,6 +183,14 @@ class MeanFieldConv2d(_MeanFieldLayer):
                  dilation: int | tuple[int, int] = 1, groups: int = 1, bias: bool = True, *,
                  prior_sigma: float = 0.1, sigma_init: float = 1e-3) -> None:
         super().__init__()
+        _check_sizes("MeanFieldConv2d", 1, in_channels=in_channels, out_channels=out_channels,
+                     groups=groups)
+        _check_sizes("MeanFieldConv2d", 1, True, kernel_size=kernel_size, stride=stride,
+                     dilation=dilation)
+        _check_sizes("MeanFieldConv2d", 0, True, padding=padding)
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"MeanFieldConv2d: groups={groups} must divide in_channels="
+                             f"{in_channels} and out_channels={out_channels}")
         kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding = (kh, kw), stride, padding
@@ -208,6 +253,11 @@ def bayesianize(module: nn.Module, *, prior_sigma: float = 0.1, sigma_init: floa
     kept as point estimates; σ starts at ``|N(sigma_init, sigma_init_std²)|`` per weight.
     Returns ``module`` (or the new layer if ``module`` itself is a Linear/Conv2d).
     """
+    if not isinstance(module, nn.Module):
+        raise ValueError(f"bayesianize needs a torch.nn.Module, got {type(module).__name__}")
+    if not (isinstance(sigma_init_std, (int, float)) and math.isfinite(sigma_init_std)
+            and sigma_init_std >= 0):
+        raise ValueError(f"sigma_init_std must be a number ≥ 0, got {sigma_init_std!r}")
     if isinstance(module, (nn.Linear, nn.Conv2d)):
         return _convert(module, prior_sigma, sigma_init, sigma_init_std, generator)
     for name, child in module.named_children():

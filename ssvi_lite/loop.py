@@ -139,11 +139,12 @@ class Run:
 
     def load_state_dict(self, state: dict[str, Any], stages: list[Stage]) -> None:
         """Restore a checkpoint written by :meth:`state_dict` (model first: the stage's optimiser
-        is built on the restored parameters)."""
-        self.model.load_state_dict(state["model"])
+        is built on the restored parameters). Its contents are checked first (ValueError)."""
+        checkpoint.load_contents(state, self.model, [s.cfg.epochs for s in stages])
         self.progress = Progress(**state["progress"])
         if self.progress.stage < len(stages) and self.progress.stage_epoch > 0:
             self.enter(stages[self.progress.stage])  # inside a stage: its optimiser's state too
+            checkpoint.check_optimizer(state["optimizer"], self.optimizer)
             self.optimizer.load_state_dict(state["optimizer"])
             if self.lr_schedule is not None:
                 self.lr_schedule.load_state_dict(state["lr_schedule"])
@@ -307,7 +308,12 @@ def train_stages(model: nn.Module, data: DataSplits, cfg: TrainConfig, stages: l
     if resume:
         if checkpoint_path is None:
             raise ValueError("resume=True needs a checkpoint path")
-        run.load_state_dict(checkpoint.load(checkpoint_path, cfg), stages)
+        try:
+            run.load_state_dict(checkpoint.load(checkpoint_path, cfg), stages)
+        except ValueError as err:
+            if str(checkpoint_path) in str(err):
+                raise
+            raise ValueError(f"checkpoint {checkpoint_path} cannot be resumed: {err}") from err
     from tqdm.auto import tqdm
 
     steps = math.ceil(data.n_train / cfg.batch_size)  # per epoch, every stage

@@ -19,6 +19,12 @@ class MLP(nn.Module):
 
     def __init__(self, in_features: int, n_classes: int, hidden: tuple[int, ...] = (400, 400)):
         super().__init__()
+        ok = isinstance(hidden, (tuple, list)) and all(
+            isinstance(h, int) and not isinstance(h, bool) and h > 0
+            for h in (in_features, n_classes, *hidden))
+        if not ok:
+            raise ValueError(f"MLP widths must be positive integers: in_features={in_features!r},"
+                             f" n_classes={n_classes!r}, hidden={hidden!r}")
         widths = (in_features, *hidden)
         layers: list[nn.Module] = [nn.Flatten()]
         for w_in, w_out in zip(widths[:-1], widths[1:]):

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from . import metrics
+from .config import FORWARD_MODES
 from .layers import forward_mode, mean_field_layers
 
 
@@ -24,7 +25,9 @@ def is_bayesian(model: nn.Module) -> bool:
 @torch.no_grad()
 def predict_proba(model: nn.Module, x: Tensor, n_samples: int = 10, mode: str = "sample",
                   batch_size: int = 1000, seed: int = 0) -> Tensor:
-    """Softmax outputs of ``n_samples`` posterior draws, (K, N, C); K = 1 for ``mean`` or MAP."""
+    """Softmax outputs of ``n_samples`` posterior draws, (K, N, C); K = 1 for ``mean`` or MAP.
+    Arguments are checked first (ValueError naming the value)."""
+    _check_inputs(model, x, n_samples, mode, batch_size, seed)
     if not is_bayesian(model) or mode == "mean":
         n_samples = 1
     model.eval()
@@ -42,9 +45,28 @@ def predict_proba(model: nn.Module, x: Tensor, n_samples: int = 10, mode: str = 
     return torch.stack(out)  # (K, N, C)
 
 
+def _check_inputs(model: nn.Module, x: Tensor, n_samples: int, mode: str, batch_size: int,
+                  seed: int) -> None:
+    if not isinstance(model, nn.Module) or next(model.parameters(), None) is None:
+        raise ValueError(f"model must be a torch.nn.Module with parameters, got "
+                         f"{type(model).__name__}")
+    if not isinstance(x, Tensor) or x.dim() < 1 or len(x) == 0:
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"x must be a non-empty batch tensor (N ≥ 1 examples), got {shape}")
+    for name, value, low in (("n_samples", n_samples, 1), ("batch_size", batch_size, 1),
+                             ("seed", seed, 0)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name} must be an integer ≥ {low}, got {value!r}")
+    if mode not in FORWARD_MODES:
+        raise ValueError(f"mode={mode!r} is not known; choose one of {', '.join(FORWARD_MODES)}")
+
+
 def evaluate(model: nn.Module, x: Tensor, y: Tensor, n_samples: int = 10,
              seed: int = 0) -> dict[str, float]:
     """Metrics of the K-sample predictive plus the mean network's accuracy and NLL (labelled)."""
+    if not isinstance(y, Tensor) or not isinstance(x, Tensor) or y.shape != (len(x),):
+        raise ValueError(f"y must be a tensor of shape (N,) = ({len(x)},) matching x, got "
+                         f"{tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__}")
     probs = predict_proba(model, x, n_samples, "sample", seed=seed)
     result = metrics.summarize(probs, y.cpu())
     if is_bayesian(model):

@@ -130,6 +130,17 @@ class SwapSchedule:
     alpha: float = 0.3
     t_end_fraction: float = 0.75
 
+    def __post_init__(self) -> None:
+        for name, low in (("total_steps", 0), ("interval", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{name} must be an integer ≥ {low}, got {value!r}")
+        if not (isinstance(self.alpha, (int, float)) and 0.0 <= self.alpha <= 1.0):
+            raise ValueError(f"alpha={self.alpha!r} (initial swap fraction) must lie in [0, 1]")
+        if not (isinstance(self.t_end_fraction, (int, float))
+                and 0.0 < self.t_end_fraction <= 1.0):
+            raise ValueError(f"t_end_fraction={self.t_end_fraction!r} must lie in (0, 1]")
+
     @property
     def t_end(self) -> int:
         return int(self.t_end_fraction * self.total_steps)

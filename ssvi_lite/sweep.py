@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import itertools
 import json
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,16 +34,22 @@ from typing import Any
 import pandas as pd
 
 from . import engine, jobs
-from .config import TrainConfig, add_config_flags, make_config, overrides_from_flags
-from .fileio import atomic_path, write_json, write_text
+from .config import (
+    NOT_IN_RUN_ID,
+    TrainConfig,
+    add_config_flags,
+    make_config,
+    overrides_from_flags,
+    run_id,
+)
+from .fileio import atomic_path, check_output_path, write_json, write_text
+from .guards import non_negative_int, positive_float, positive_int
 from .jobs import CLUSTERS, Cluster, SweepBusyError
 from .methods import REGISTRY
 
 __all__ = ["Cluster", "SweepBusyError", "canonical", "config_from_dict", "expand_grid",
            "results_table", "run_id", "run_sweep", "run_worker"]
 
-# Fields that do not change what a run computes: left out of the run id.
-NOT_IN_RUN_ID = ("device", "progress", "data_root")
 # traits of the methods, read from the registry
 DENSE_ONLY = tuple(n for n, m in REGISTRY.items() if m.density == "dense")  # at density 1
 DENSITY_FREE = tuple(n for n, m in REGISTRY.items() if m.density == "own")  # their own density
@@ -53,18 +59,6 @@ TABLE_FIRST = ("run_id", "status", "method", "dataset", "model", "target_density
 
 
 # ----------------------------------------------------------------------------- configurations
-def run_id(cfg: TrainConfig) -> str:
-    """Stable id of a configuration: ``<method>-d<density>-s<seed>-<12 hex of SHA-1>``.
-
-    The hash covers every field except ``NOT_IN_RUN_ID`` (device, progress bars and where the data
-    files live; JSON with sorted keys), so it is the same in every process and on every machine.
-    """
-    fields = {k: v for k, v in cfg.to_dict().items() if k not in NOT_IN_RUN_ID}
-    text = json.dumps(fields, sort_keys=True, default=str)
-    digest = hashlib.sha1(text.encode()).hexdigest()[:12]
-    return f"{cfg.method}-d{cfg.density:g}-s{cfg.seed}-{digest}"
-
-
 def canonical(cfg: TrainConfig) -> TrainConfig:
     """The same experiment with the fields the method ignores set to fixed values.
 
@@ -167,11 +161,7 @@ def run_sweep(configs: Sequence[TrainConfig], out_dir: str | Path, *, workers: i
         raise ValueError("run_sweep needs at least one configuration")
     cluster = cluster if isinstance(cluster, Cluster) else Cluster(cluster)
     devices = jobs.check_devices(devices if devices is not None else jobs.default_devices())
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
-                                or workers < 1):
-        raise ValueError(f"workers must be a positive integer, got {workers!r}")
-    if timeout_s is not None and not timeout_s > 0:
-        raise ValueError(f"timeout must be a positive number of seconds, got {timeout_s!r}")
+    _check_arguments(out_dir, workers, timeout_s)
     say = print if verbose else (lambda *a, **k: None)
     with jobs.folder_lock(out_dir):
         todo = [c for c in configs if _finished_row(out_dir, run_id(c)) is None]
@@ -189,6 +179,22 @@ def run_sweep(configs: Sequence[TrainConfig], out_dir: str | Path, *, workers: i
         say(f"sweep: {len(failed)} run(s) did not finish: {', '.join(failed)} "
             f"(logs in {out_dir / 'runs'}); run the sweep again to retry them", flush=True)
     return table
+
+
+def _check_arguments(out_dir: Path, workers: int | None, timeout_s: float | None) -> None:
+    """Before any work: the job options, and an output folder the sweep can write without losing
+    anything (a results.csv that is not a sweep table is refused, never overwritten)."""
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                or workers < 1):
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    if timeout_s is not None and not (isinstance(timeout_s, (int, float)) and
+                                      math.isfinite(timeout_s) and timeout_s > 0):
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout_s!r}")
+    check_output_path(out_dir, "folder", what="sweep folder")
+    for sub in ("runs", "checkpoints", "jobs"):
+        check_output_path(out_dir / sub, "folder", what="sweep folder")
+    check_output_path(out_dir / "results.csv", "file", what="results table")
+    _csv_rows(out_dir)
 
 
 def _run_todo(todo: list[TrainConfig], out_dir: Path, cluster: Cluster, devices: list[str],
@@ -281,11 +287,20 @@ def _ordered(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _csv_rows(out_dir: Path) -> dict[str, dict[str, Any]]:
-    """The rows of ``out_dir/results.csv`` by run id, in its order (none if there is no file)."""
+    """The rows of ``out_dir/results.csv`` by run id, in its order (none if there is no file or an
+    empty one); ValueError if it is not a sweep's table (it is then never overwritten)."""
+    path = out_dir / "results.csv"
     try:
-        return {r["run_id"]: r for r in pd.read_csv(out_dir / "results.csv").to_dict("records")}
+        table = pd.read_csv(path)
     except (FileNotFoundError, pd.errors.EmptyDataError):
         return {}
+    except (OSError, ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not a readable results table ({err}); move it away or "
+                         "choose another output folder: it is never overwritten") from err
+    if "run_id" not in table.columns:
+        raise ValueError(f"{path} is not a sweep results table (no run_id column); move it away "
+                         "or choose another output folder: it is never overwritten")
+    return {r["run_id"]: r for r in table.to_dict("records")}
 
 
 def write_results(configs: Sequence[TrainConfig], out_dir: Path) -> pd.DataFrame:
@@ -327,19 +342,21 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
                         help="local: one process per run on this machine (default); debug: every "
                              "run in this process, one after the other; slurm: one Slurm job "
                              "per run")
-    parser.add_argument("--workers", type=int, help="runs at a time (default: one per GPU, or "
-                                                    "half the CPU cores; slurm: all)")
+    parser.add_argument("--workers", type=positive_int,
+                        help="runs at a time (default: one per GPU, or half the CPU cores; "
+                             "slurm: all)")
     parser.add_argument("--devices", nargs="+", help="e.g. cpu, or cuda:0 cuda:1 (default: all "
                                                      "GPUs, else cpu)")
-    parser.add_argument("--timeout", type=float,
+    parser.add_argument("--timeout", type=positive_float,
                         help="seconds before one run counts as failed (local jobs; on Slurm "
                              "the default time limit)")
-    parser.add_argument("--cpus-per-job", type=int,
+    parser.add_argument("--cpus-per-job", type=positive_int,
                         help="CPU threads per run (default: a fair share of the cores)")
     parser.add_argument("--slurm-partition", help="Slurm partition of the jobs")
-    parser.add_argument("--slurm-time", type=int, metavar="MINUTES",
+    parser.add_argument("--slurm-time", type=positive_int, metavar="MINUTES",
                         help="Slurm time limit per job (default: --timeout, else 60)")
-    parser.add_argument("--gpus-per-job", type=int, default=0, help="GPUs per Slurm job")
+    parser.add_argument("--gpus-per-job", type=non_negative_int, default=0,
+                        help="GPUs per Slurm job")
 
 
 def cluster_from_args(args: argparse.Namespace) -> Cluster:

@@ -15,7 +15,7 @@ from conftest import cifar_images, cifar_records, mnist_like, write_idx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ssvi_lite import data
+from ssvi_lite import data, datacache
 from ssvi_lite.config import seed_everything
 
 
@@ -103,7 +103,7 @@ def test_cache_round_trip(tmp_path, monkeypatch):
     def refuse(path):
         raise AssertionError("the cache should have been used")
 
-    monkeypatch.setattr(data, "read_idx", refuse)
+    monkeypatch.setattr(datacache, "read_idx", refuse)
     again = data.load_dataset("mnist", root=str(tmp_path))
     assert torch.equal(first.x_train, again.x_train) and torch.equal(first.y_test, again.y_test)
     monkeypatch.undo()

@@ -69,10 +69,10 @@ def test_summary_matches_numpy_mean_and_sample_std(results_dir) -> None:
     assert s["method"].tolist() == ["map", "vi", "ssvi", "static"]
 
 
-def test_paper_table_formats_mean_pm_std_and_single_seed_without_std(results_dir) -> None:
+def test_paper_table_formats_mean_pm_se_and_single_seed_without_se(results_dir) -> None:
     table = paper_table(collect(results_dir))
     by = table.set_index("Method")
-    assert by.loc["ssvi (snr_abs)", "Accuracy (%)"] == "91.00 ± 1.00"
+    assert by.loc["ssvi (snr_abs)", "Accuracy (%)"] == "91.00 ± 0.58"  # 1.00 / √3
     assert by.loc["ssvi (snr_abs)", "Model size (MB)"] == "0.200 ± 0.000"
     assert by.loc["map", "Accuracy (%)"] == "96.00"  # one seed: no ± part
     assert by.loc["vi", "Target density"] == "1" and by.loc["vi", "Seeds"] == 3
@@ -88,7 +88,8 @@ def test_removal_variants_and_density_free_methods_get_their_own_rows() -> None:
     table = paper_table(pd.DataFrame(rows)).set_index("Method")
     assert set(table.index) == {"ssvi (snr_abs)", "ssvi (magnitude)", "em_mcmc"}
     assert table.loc["em_mcmc", "Target density"] == "—"
-    assert table.loc["em_mcmc", "Density"] == f"0.360 ± {np.std([0.37, 0.35], ddof=1):.3f}"
+    se = np.std([0.37, 0.35], ddof=1) / np.sqrt(2)
+    assert table.loc["em_mcmc", "Density"] == f"0.360 ± {se:.3f}"
 
 
 @settings(max_examples=30, deadline=None)
