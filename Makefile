@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test lab lint clean figures
+.PHONY: demo test lab lint clean figures exercises
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,9 @@ test: $(VENV)/.dev
 
 lint: $(VENV)/.dev
 	$(BIN)/python -m ruff check ssvi_lite tests benchmarks scripts
+
+exercises: $(VENV)/.dev
+	$(BIN)/python scripts/make_exercises.py
 
 figures: $(VENV)/.core
 	MPLBACKEND=Agg $(BIN)/python scripts/make_figures.py

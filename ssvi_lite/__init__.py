@@ -14,7 +14,7 @@ distribution, add where the data gradient is largest).
 """
 from __future__ import annotations
 
-from . import criteria, metrics
+from . import criteria, exercise, metrics
 from .config import PRESETS, TrainConfig, make_config, seed_everything
 from .costs import layer_costs, model_size_bytes, training_flops_ratio
 from .data import DataSplits, load_dataset
@@ -30,8 +30,8 @@ __version__ = "0.1.0"
 __all__ = [
     "DataSplits", "MeanFieldConv2d", "MeanFieldLinear", "Method", "PRESETS", "REGISTRY",
     "RunResult", "SwapSchedule", "TrainConfig", "bayesianize", "build_model", "criteria",
-    "evaluate", "evaluate_model", "fit", "forward_mode", "get_method", "init_masks", "layer_costs",
-    "load_dataset", "make_config", "mean_field_layers", "metrics", "model_density",
+    "evaluate", "evaluate_model", "exercise", "fit", "forward_mode", "get_method", "init_masks",
+    "layer_costs", "load_dataset", "make_config", "mean_field_layers", "metrics", "model_density",
     "model_size_bytes", "predict_proba", "prepare_model", "run", "seed_everything",
     "training_flops_ratio", "update_subspace",
 ]

@@ -118,6 +118,8 @@ class TrainConfig:
     # bookkeeping
     seed: int = knob(0, "random seed (data split, init, batches, noise)")
     device: str = knob("auto", "auto, cpu, cuda or cuda:N")
+    threads: int | None = knob(None, "torch CPU threads while training and evaluating (default: "
+                               "1 for a model under a million weights, else torch's own)")
     amp: bool = knob(False, "bfloat16 autocast of the forward pass (GPU runs)")
     channels_last: bool = knob(False, "NHWC memory layout for conv nets (GPU runs)")
     progress: bool = knob(True, "show progress bars")
@@ -213,7 +215,7 @@ def validate(cfg: TrainConfig) -> None:
         _positive(name, getattr(cfg, name))
     for name in ("kl_scale", "alpha", "weight_decay", "sigma_init_std", "mu_init_std", "momentum"):
         _positive(name, getattr(cfg, name), zero_ok=True)
-    for name, integer in (("rho_lr", False), ("n_train", True)):
+    for name, integer in (("rho_lr", False), ("n_train", True), ("threads", True)):
         if getattr(cfg, name) is not None:
             _positive(name, getattr(cfg, name), integer=integer)
     _check_types(cfg)

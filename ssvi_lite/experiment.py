@@ -23,7 +23,7 @@ from .data import DataSplits, load_dataset, ood_sets
 from .methods import get_method
 from .predict import is_bayesian, predict_proba
 from .subspace import model_density
-from .train import fit
+from .train import cpu_threads, fit
 
 
 def load_data(cfg: TrainConfig) -> DataSplits:
@@ -90,8 +90,9 @@ def run(cfg: TrainConfig, *, data: DataSplits | None = None, checkpoint: str | P
     start = time.perf_counter()
     history = fit(model, data, cfg, checkpoint=checkpoint, resume=resume)
     wall = float(history["wall_time_s"].iloc[-1]) if len(history) else time.perf_counter() - start
-    result = evaluate_model(model, data, method.predict_proba, cfg.n_eval_samples, with_ood,
-                            cfg.seed)
+    with cpu_threads(cfg, model):
+        result = evaluate_model(model, data, method.predict_proba, cfg.n_eval_samples, with_ood,
+                                cfg.seed)
     costs = layer_costs(model, data.input_shape)
     train_flops = float(history["train_flops"].iloc[-1])
     dense_vi = dense_vi_training_flops(costs, cfg.epochs * data.n_train)

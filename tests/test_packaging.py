@@ -12,8 +12,8 @@ import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 # Each module may import only modules listed before it (the README's "Architecture" section).
-ORDER = ["fileio", "guards", "criteria", "config", "fetch", "datafiles", "datacache", "data",
-         "metrics", "layers", "models", "subspace", "distributed", "costs", "convergence",
+ORDER = ["fileio", "exercise", "guards", "criteria", "config", "fetch", "datafiles", "datacache",
+         "data", "metrics", "layers", "models", "subspace", "distributed", "costs", "convergence",
          "predict", "checkpoint", "loop", "methods", "train", "experiment", "jobs", "engine",
          "sweep", "report", "plots", "compare", "demo", "widgets", "cli", "__main__", "__init__"]
 # The one import that runs upwards: config looks the method up in the registry, inside its

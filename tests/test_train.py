@@ -155,3 +155,18 @@ def test_amp_and_channels_last_do_not_change_results_beyond_noise(option, data) 
     else:  # bf16 keeps ~3 significant digits: the curves agree to within noise
         assert (base["nll"] - other["nll"]).abs().max() < 0.05 * base["nll"].max()
         assert abs(base["val_acc"].iloc[-1] - other["val_acc"].iloc[-1]) < 0.05
+
+
+def test_threads_small_models_train_on_one_and_the_count_comes_back(data) -> None:
+    from ssvi_lite.train import cpu_threads
+
+    torch.set_num_threads(2)
+    small = prepare_model(_cfg(method="vi", density=1.0), data, seed_everything(0))
+    with cpu_threads(_cfg(method="vi", density=1.0), small):
+        assert torch.get_num_threads() == 1  # < 1M weights: one thread by default
+    with cpu_threads(_cfg(method="vi", density=1.0, threads=2), small):
+        assert torch.get_num_threads() == 2  # the config's count wins
+    assert torch.get_num_threads() == 2
+    cfg = _cfg(method="vi", density=1.0, epochs=1)
+    fit(prepare_model(cfg, data, seed_everything(0)), data, cfg)
+    assert torch.get_num_threads() == 2  # restored after training

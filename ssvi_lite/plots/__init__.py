@@ -11,30 +11,30 @@ Notebooks: 01_dense_vi (plot_history, plot_convergence, plot_entropy_map), 03_sn
 (plot_metric_vs_*).
 """
 from .base import (
-                   DENSITY_LABEL,
-                   DPI,
-                   FLOPS_LABEL,
-                   HISTORY_COLUMNS,
-                   HISTORY_LABELS,
-                   METRIC_LABELS,
-                   close_figure,
-                   save_figure,
+    DENSITY_LABEL,
+    DPI,
+    FLOPS_LABEL,
+    HISTORY_COLUMNS,
+    HISTORY_LABELS,
+    METRIC_LABELS,
+    close_figure,
+    png_bytes,
+    save_figure,
 )
 from .calibration import reliability_diagram, reliability_panels
 from .comparison import plot_metric_vs_density, plot_metric_vs_flops
 from .planes import plot_entropy_map, plot_score_plane
 from .training import (
-                   mask_layers,
-                   plot_convergence,
-                   plot_history,
-                   plot_masks,
-                   pruning_figure,
-                   trainer_figure,
+    mask_layers,
+    plot_convergence,
+    plot_history,
+    plot_masks,
+    pruning_figure,
+    trainer_figure,
 )
 
 __all__ = ["DENSITY_LABEL", "DPI", "FLOPS_LABEL", "HISTORY_COLUMNS", "HISTORY_LABELS",
            "METRIC_LABELS", "close_figure", "mask_layers", "plot_convergence", "plot_entropy_map",
            "plot_history", "plot_masks", "plot_metric_vs_density", "plot_metric_vs_flops",
-           "plot_score_plane", "pruning_figure", "reliability_diagram", "reliability_panels",
-           "save_figure",
-           "trainer_figure"]
+           "plot_score_plane", "png_bytes", "pruning_figure", "reliability_diagram",
+           "reliability_panels", "save_figure", "trainer_figure"]

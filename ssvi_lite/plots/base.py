@@ -1,6 +1,7 @@
 """What every figure of the kit shares: axis labels, the Axes helpers, saving PNGs atomically."""
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -91,3 +92,11 @@ def save_figure(fig: Figure | Axes, path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
     return path
+
+
+def png_bytes(fig: Figure | Axes, dpi: int = 96) -> bytes:
+    """The figure (or an Axes' figure) as PNG bytes, tight bounding box (for widget outputs)."""
+    figure = fig.figure if isinstance(fig, Axes) else fig
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    return buffer.getvalue()

@@ -41,7 +41,7 @@ def reliability_diagram(probs: Any, labels: Any, n_bins: int = 15, ax: Axes | No
             ax.text(x + w / 2, 0.015, str(int(count)), rotation=90, ha="center", va="bottom",
                     fontsize=6, bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none",
                                       "alpha": 0.75})
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top-label probability; numbers: examples)",
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (numbers: examples per bin)",
            ylabel="accuracy (fraction correct)")
     bins_text = f"{n_bins} bin{'' if n_bins == 1 else 's'}"  # the bin count is on every plot (§9)
     ax.set_title(f"{label}, {bins_text}" if label else f"reliability diagram, {bins_text}")
