@@ -11,9 +11,10 @@ computed and the matplotlib Figure it drew (``state["figure"]``). Figures come f
 - :func:`pruning_explorer` — prune a trained dense-VI posterior to a density by a removal score
   (no retraining, :func:`prune_copy`) and watch accuracy, ECE and calibration move (notebook
   01_dense_vi).
-- :func:`ssvi_trainer` — train a short SSVI run at the chosen density (04_gradient_addition).
-- :func:`criterion_explorer` — the (μ, σ) plane coloured by a removal score with the boundary of
-  the kept fraction (03_snr_removal), built on :func:`score_grid`, :func:`score_function` and
+- :func:`ssvi_trainer` — train a short SSVI run at the chosen density and see its validation
+  numbers (01_dense_vi, 04_gradient_addition).
+- :func:`criterion_explorer` — the (μ, σ) plane coloured by the percentile of a removal score,
+  with the boundary of the kept fraction (03_snr_removal), built on :func:`score_grid`, :func:`score_function` and
   :func:`keep_boundary`, which the notebook also calls directly.
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import base64
 import copy
 import functools
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -30,9 +32,11 @@ from torch import Tensor, nn
 
 from . import metrics, plots
 from .config import TrainConfig, seed_everything, validate_density
+from .convergence import assess
 from .criteria import EXP_ABS_LAMBDA, REMOVAL_SCORES, check_removal_key, top_k_mask
 from .data import DataSplits
 from .experiment import prepare_model
+from .methods import get_method
 from .methods.posthoc import prune_to_density
 from .predict import predict_proba
 from .subspace import model_density
@@ -106,11 +110,9 @@ def pruning_explorer(model: nn.Module, data: DataSplits, criteria: Sequence[str]
     """
     keys = _criteria_keys(criteria)
     validate_density(density)
-    if split not in ("val", "test"):
-        raise ValueError(f"split={split!r} is not known; choose val or test")
     if not isinstance(n_samples, int) or n_samples < 1:
         raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
-    x, y = (data.x_val, data.y_val) if split == "val" else (data.x_test, data.y_test)
+    x, y = _split(data, split)
     start = "snr_abs" if "snr_abs" in keys else keys[0]
     box = widgets.VBox()
     box.density_slider = _density_slider(density)
@@ -144,20 +146,25 @@ def pruning_explorer(model: nn.Module, data: DataSplits, criteria: Sequence[str]
 
 
 # ----------------------------------------------------------------------------- (b) training
-def ssvi_trainer(data: DataSplits, base_cfg: TrainConfig) -> widgets.VBox:
+def ssvi_trainer(data: DataSplits, base_cfg: TrainConfig, split: str = "val") -> widgets.VBox:
     """Density slider + removal dropdown + "train" button running a short SSVI run per click.
 
     A click trains ``base_cfg.replace(method="ssvi", density=slider, removal=dropdown)`` from a
-    fresh model (seeded with ``base_cfg.seed``; tqdm bar in the widget), evaluates the test split
-    with ``n_eval_samples`` draws and redraws the history curves and the reliability diagram.
-    ``w.state``: density (achieved), target_density, removal, accuracy, ece, nll, history, model,
-    figure, n_runs, runs (one dict per click). Notebooks 01_dense_vi, 04_gradient_addition.
+    fresh model (seeded with ``base_cfg.seed``; tqdm bar in the widget), evaluates ``split`` —
+    the validation split by default: choosing settings by their test score would tune on the
+    test set — with ``n_eval_samples`` draws, and redraws validation accuracy and NLL per epoch
+    next to the reliability diagram. The slider starts at ``base_cfg.density`` when that config
+    trains at a density of its choosing (ssvi, static), else at 0.1. ``w.state``: density
+    (achieved), target_density, removal, accuracy, ece, nll, converged, history, model, figure,
+    n_runs, runs (one dict per click). Notebooks 01_dense_vi, 04_gradient_addition.
     """
     if not isinstance(base_cfg, TrainConfig):
         raise ValueError(  # noqa: TRY004 (the kit reports bad input as ValueError)
             f"base_cfg must be a TrainConfig (see make_config), got {base_cfg!r}")
+    x, y = _split(data, split)
+    start = base_cfg.density if get_method(base_cfg.method).density == "target" else 0.1
     box = widgets.VBox()
-    box.density_slider = _density_slider(base_cfg.density)
+    box.density_slider = _density_slider(start)
     box.criterion_dropdown = _criterion_dropdown(list(REMOVAL_SCORES), base_cfg.removal)
     box.train_button = widgets.Button(description="train", button_style="primary",
                                       tooltip="train a short SSVI run at this density")
@@ -168,32 +175,46 @@ def ssvi_trainer(data: DataSplits, base_cfg: TrainConfig) -> widgets.VBox:
     def train(_button: Any = None) -> None:
         cfg = base_cfg.replace(method="ssvi", density=box.density_slider.value,
                                removal=box.criterion_dropdown.value)
-        box.train_button.disabled = True
-        try:
-            box.progress_output.clear_output()
-            with box.progress_output:
-                model = prepare_model(cfg, data, seed_everything(cfg.seed))
-                history = fit(model, data, cfg)
-        finally:
-            box.train_button.disabled = False
-        probs = predict_proba(model, data.x_test, cfg.n_eval_samples, "sample")  # (K, N, C)
-        mean = probs.mean(0)  # (N, C)
+        model, history = _train_once(box, cfg, data)
+        mean = predict_proba(model, x, cfg.n_eval_samples, "sample").mean(0)  # (N, C)
         row = {"target_density": cfg.density, "density": model_density(model),
-               "removal": cfg.removal, "accuracy": metrics.accuracy(mean, data.y_test),
-               "ece": metrics.ece(mean, data.y_test, N_BINS), "nll": metrics.nll(mean, data.y_test)}
-        fig = plots.trainer_figure(history, mean, data.y_test, n_bins=N_BINS,
+               "removal": cfg.removal, "accuracy": metrics.accuracy(mean, y),
+               "ece": metrics.ece(mean, y, N_BINS), "nll": metrics.nll(mean, y),
+               "converged": assess(history).converged}
+        fig = plots.trainer_figure(history, mean, y, n_bins=N_BINS, columns=("val_acc", "val_nll"),
                                    title=f"SSVI, density {cfg.density:.2f}, {cfg.removal}")
         box.state["runs"].append(row)
         box.state.update(row, history=history, model=model, figure=fig,
                          n_runs=box.state["n_runs"] + 1)
         box.summary.value = _summary_html({k: v for k, v in row.items() if k != "removal"}
-                                          | {"test N": len(data.y_test)})
+                                          | {"split": f"{split} (N={len(y)})"})
         _show(box.output, fig)
 
     box.train_button.on_click(train)
     box.children = [widgets.HBox([box.density_slider, box.criterion_dropdown, box.train_button]),
                     box.progress_output, box.summary, box.output]
     return box
+
+
+def _split(data: DataSplits, split: str) -> tuple[Tensor, Tensor]:
+    if split not in ("val", "test"):
+        raise ValueError(f"split={split!r} is not known; choose val or test")
+    return (data.x_val, data.y_val) if split == "val" else (data.x_test, data.y_test)
+
+
+def _train_once(box: widgets.VBox, cfg: TrainConfig, data: DataSplits) -> tuple[nn.Module, Any]:
+    """Train a fresh model of ``cfg`` with its progress bar in the widget; the button is
+    disabled meanwhile."""
+    box.train_button.disabled = True
+    try:
+        box.progress_output.clear_output()
+        with box.progress_output, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a short run is unconverged: the summary says so
+            model = prepare_model(cfg, data, seed_everything(cfg.seed))
+            history = fit(model, data, cfg)
+    finally:
+        box.train_button.disabled = False
+    return model, history
 
 
 # ----------------------------------------------------------------------------- (c) criteria
@@ -257,7 +278,7 @@ def criterion_explorer(mu_range: tuple[float, float] = (-0.1, 0.1),
         mu, sigma, scores = score_grid(key, mu_range, sigma_range, n, lam)
         threshold, kept = keep_boundary(scores, keep)
         fig = plots.plot_score_plane(score_function(key, lam), mu_range, sigma_range,
-                                     threshold=threshold, grid=n, log_sigma=True).figure
+                                     threshold=threshold, grid=n, log_sigma=True, rank=True).figure
         box.state.update(criterion=key, keep_fraction=keep, lam=lam, mu=mu, sigma=sigma,
                          scores=scores, threshold=threshold, kept=kept, figure=fig)
         _show(box.output, fig)

@@ -270,7 +270,7 @@ def test_plot_score_plane_linear_sigma_threshold_outside_and_bad_input() -> None
 def test_pruning_and_trainer_figures_compose_panels() -> None:
     probs, labels = _probs(c=3)
     fig = plots.pruning_figure(probs, labels, _Net(), n_bins=15, title="snr_abs, density 0.10")
-    assert isinstance(fig, Figure) and len(fig.axes) == 4  # reliability + 3 masks
+    assert isinstance(fig, Figure) and len(fig.axes) == 3  # reliability + 2 masks (notebook width)
     assert "15 bins" in fig.axes[0].get_title()
     fig2 = plots.trainer_figure(_history(), probs, labels, n_bins=10, title="SSVI")
     assert [a.get_title() for a in fig2.axes[:4]] == ["nll", "kl", "val_acc", "density"]

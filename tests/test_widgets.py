@@ -123,9 +123,24 @@ def test_ssvi_trainer_trains_at_the_slider_density(data, base_cfg) -> None:
     assert not w.train_button.disabled
 
 
+def test_ssvi_trainer_reports_validation_numbers_and_starts_sparse(data, base_cfg) -> None:
+    w = widgets.ssvi_trainer(data, base_cfg.replace(epochs=1))  # handed a dense-VI config
+    assert w.density_slider.value == 0.1  # not the dense config's density 1
+    w.train_button.click()
+    mean = sl.predict_proba(w.state["model"], data.x_val, base_cfg.n_eval_samples).mean(0)
+    assert w.state["accuracy"] == pytest.approx(sl.metrics.accuracy(mean, data.y_val))
+    assert "val (N=500)" in w.summary.value and w.state["converged"] is False
+    assert len(w.state["figure"].axes) == 3  # val accuracy, val NLL, reliability
+    test = widgets.ssvi_trainer(data, base_cfg.replace(epochs=1), split="test")
+    test.train_button.click()
+    assert "test (N=1000)" in test.summary.value
+
+
 def test_ssvi_trainer_rejects_a_non_config(data) -> None:
     with pytest.raises(ValueError, match="TrainConfig"):
         widgets.ssvi_trainer(data, {"density": 0.1})
+    with pytest.raises(ValueError, match="split"):
+        widgets.ssvi_trainer(data, sl.make_config("kit"), split="train")
 
 
 # ----------------------------------------------------------------------------- criterion explorer
@@ -147,6 +162,9 @@ def test_criterion_explorer_keeps_the_chosen_fraction_above_the_boundary() -> No
 def test_criterion_explorer_switches_score_and_lambda() -> None:
     w = widgets.criterion_explorer(mu_range=(-0.05, 0.05), sigma_range=(1e-3, 0.05), n=21)
     fig = w.state["figure"]
+    colour = fig.axes[0].collections[0].get_array()  # coloured by percentile on the grid
+    assert float(colour.min()) >= 0.0 and float(colour.max()) == pytest.approx(100.0)
+    assert "percentile" in fig.axes[1].get_ylabel()
     w.criterion_dropdown.value = "magnitude"
     assert torch.allclose(w.state["scores"], w.state["mu"].abs())
     assert w.state["figure"] is not fig

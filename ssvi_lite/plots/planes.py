@@ -72,12 +72,14 @@ def _range(values: Any, name: str, positive: bool = False) -> tuple[float, float
 
 def plot_score_plane(score_fn: Callable[[Tensor, Tensor], Tensor], mu_range: Any, sigma_range: Any,
                      ax: Axes | None = None, threshold: float | None = None, grid: int = 121,
-                     log_sigma: bool | None = None) -> Axes:
+                     log_sigma: bool | None = None, rank: bool = False) -> Axes:
     """The (μ, σ) plane coloured by a removal score, with the contour score = ``threshold``.
 
     ``score_fn(mu, sigma)`` is e.g. ``criteria.REMOVAL_SCORES["snr_abs"]`` (higher = keep), called
     on float64 (grid, grid) tensors; σ is log-spaced when ``log_sigma`` (default: when
-    sigma_range spans ≥ 10×). Notebook 03_snr_removal.
+    sigma_range spans ≥ 10×). With ``rank`` the colour is the score's percentile on the plotted
+    grid: removal only uses the order of the scores, and raw scores that span decades leave most
+    of the plane one colour. Notebook 03_snr_removal.
     """
     (m0, m1), (s0, s1) = _range(mu_range, "mu_range"), _range(sigma_range, "sigma_range", True)
     log_sigma = s1 / s0 >= 10 if log_sigma is None else log_sigma
@@ -89,9 +91,11 @@ def plot_score_plane(score_fn: Callable[[Tensor, Tensor], Tensor], mu_range: Any
     if not isinstance(scores, Tensor) or scores.shape != m.shape:
         raise ValueError(f"score_fn must return a tensor of shape {tuple(m.shape)}")
     z = np.ma.masked_invalid(scores.detach().cpu().double().numpy())
+    shown = _percentiles(z) if rank else z
     ax = _axes(ax, (5.0, 4.0))
-    mesh = ax.pcolormesh(m.numpy(), sig.numpy(), z, shading="auto", cmap="magma")
-    ax.figure.colorbar(mesh, ax=ax, label="removal score (higher = keep)")
+    mesh = ax.pcolormesh(m.numpy(), sig.numpy(), shown, shading="auto", cmap="magma")
+    ax.figure.colorbar(mesh, ax=ax, label=("percentile of the score on this grid (higher = keep)"
+                                           if rank else "removal score (higher = keep)"))
     if threshold is not None:
         _boundary(ax, m.numpy(), sig.numpy(), z, float(threshold))
     if log_sigma:
@@ -100,6 +104,13 @@ def plot_score_plane(score_fn: Callable[[Tensor, Tensor], Tensor], mu_range: Any
     ax.set(xlabel="μ (posterior mean of the weight)", ylabel="σ (posterior std of the weight)",
            title=f"removal score {name} on the (μ, σ) plane")
     return ax
+
+
+def _percentiles(z: np.ma.MaskedArray) -> np.ma.MaskedArray:
+    """Each finite entry's rank among the finite entries, scaled to [0, 100]."""
+    flat = z.compressed()
+    ranks = np.searchsorted(np.sort(flat), z.filled(np.nan), side="right")
+    return np.ma.masked_array(100.0 * ranks / max(len(flat), 1), mask=np.ma.getmaskarray(z))
 
 
 def _boundary(ax: Axes, mu: np.ndarray, sigma: np.ndarray, z: np.ma.MaskedArray, t: float) -> None:

@@ -131,7 +131,7 @@ def plot_masks(model: nn.Module, max_layers: int = 4, ax: Any = None) -> Figure:
 
 # ----------------------------------------------------------------------------- widget panels
 def pruning_figure(probs: Any, labels: Any, model: nn.Module, n_bins: int = 15,
-                   title: str | None = None, max_layers: int = 3) -> Figure:
+                   title: str | None = None, max_layers: int = 2) -> Figure:
     """Reliability diagram next to the model's masks (the pruning explorer widget's picture)."""
     n_masks = min(len(mask_layers(model)), max_layers)
     fig, axes = plt.subplots(1, 1 + n_masks, figsize=(3.6 * (1 + n_masks), 3.6), squeeze=False)
