@@ -14,8 +14,8 @@ computed and the matplotlib Figure it drew (``state["figure"]``). Figures come f
 - :func:`ssvi_trainer` — train a short SSVI run at the chosen density and see its validation
   numbers (01_dense_vi, 04_gradient_addition).
 - :func:`criterion_explorer` — the (μ, σ) plane coloured by the percentile of a removal score,
-  with the boundary of the kept fraction (03_snr_removal), built on :func:`score_grid`, :func:`score_function` and
-  :func:`keep_boundary`, which the notebook also calls directly.
+  with the boundary of the kept fraction (03_snr_removal), built on :func:`score_grid`,
+  :func:`score_function` and :func:`keep_boundary`, which the notebook also calls directly.
 """
 from __future__ import annotations
 
