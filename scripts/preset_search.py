@@ -222,7 +222,7 @@ def train_one(stage: str, method: str, over: dict, seed: int, test: bool) -> dic
             rec["elbo_fixed"] = -(nll_fix + rec["kl_end"] / n)
             rec["tempered_fixed"] = nll_fix + cfg.kl_scale * rec["kl_end"] / n
             rec.update(sigma_stats(net, dead))
-        else:  # MAP: the objective is CE + κ‖w‖²/(2s²N)
+        else:  # MAP: the objective is CE + κ‖θ‖²/(2σ_p²N)
             pen = float(prior_penalty(net, cfg.prior_sigma).detach())
             rec["tempered_obj"] = row["nll"] + cfg.kl_scale * pen / n
             rec["tempered_fixed"] = nll_fix + cfg.kl_scale * pen / n

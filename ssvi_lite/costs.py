@@ -7,7 +7,8 @@ layers only (activations, BatchNorm, pooling and the optimiser are not counted).
   where MACs = active weights × output positions per example; a deterministic layer is 1 op.
 - Backward ≈ 2 × forward, so a training step ≈ 3 × forward.
 - A subspace-update step needs the dense weight gradient: 2·f_sparse + f_dense.
-- SSVI total = (T − U)·3·f_sparse + U·(2·f_sparse + f_dense); dense VI total = T·3·f_dense.
+- SSVI total = (T_total − U)·3·f_sparse + U·(2·f_sparse + f_dense); dense VI total =
+  T_total·3·f_dense (T_total steps in the run, U of them subspace updates).
 Model size: 2 float32 (μ, σ) per active weight + index storage (the cheaper of an int32 index per
 active weight or a 1-bit-per-weight bitmap, for layers that are not dense) + float32 dense params.
 """

@@ -11,8 +11,8 @@ keys are used by ``TrainConfig.removal`` / ``.addition``, the CLI and the notebo
 Notebook 03_snr_removal introduces the removal scores and compares the sets they remove
 (:func:`removal_agreement`, :func:`score_rank_correlation`).
 
-Numerics: the closed forms are evaluated in float64, written in terms of z = abs(μ)/σ and s = λσ so
-that no large terms cancel, and returned in the input dtype. Scores are detached (not
+Numerics: the closed forms are evaluated in float64, written in terms of z = abs(μ)/σ and λσ so that
+no large terms cancel, and returned in the input dtype. Scores are detached (not
 differentiable). σ is floored at ``SIGMA_FLOOR``, so σ = 0 gives a huge (in float32: inf) score,
 not NaN; top_k_mask ranks any NaN score lowest.
 
@@ -57,9 +57,9 @@ def _out(x: Tensor, mu: Tensor, sigma: Tensor) -> Tensor:
 
 
 def _folded_parts(z: Tensor) -> tuple[Tensor, Tensor]:
-    """For X = abs(Z + z), Z ~ N(0, 1), z ≥ 0: return d = E X − z and Var X, without cancellation.
+    """For X = abs(Z + z), Z ~ N(0, 1), z ≥ 0: return d = 𝔼X − z and Var X, without cancellation.
 
-    d = 2(φ(z) − z·Q(z)) with Q(z) = 1 − Φ(z), and Var X = 1 + z² − (z + d)² = 1 − 2zd − d².
+    d = 2(φ(z) − z·(1 − Φ(z))), and Var X = 1 + z² − (z + d)² = 1 − 2zd − d².
     """
     phi = torch.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
     d = (2.0 * (phi - z * torch.special.ndtr(-z))).clamp_min(0.0)
@@ -69,11 +69,11 @@ def _folded_parts(z: Tensor) -> tuple[Tensor, Tensor]:
 
 # ----------------------------------------------------------------------------- closed forms
 def folded_normal_mean(mu: Tensor, sigma: Tensor) -> Tensor:
-    """E abs(θ) for θ ~ N(μ, σ²), the mean of the folded normal (docs/method.md §6, ``mean_abs``).
+    """𝔼 abs(θ) for θ ~ N(μ, σ²), the mean of the folded normal (docs/method.md §6, ``mean_abs``).
 
-    m1 = μ·erf(μ/(σ√2)) + σ·√(2/π)·exp(−μ²/(2σ²)),
-    evaluated as σ·(z + d(z)) with z = abs(μ)/σ (see ``_folded_parts``). m1 → abs(μ) when
-    abs(μ) ≫ σ and m1 → σ√(2/π) at μ = 0. Notebook 03_snr_removal.
+    𝔼 abs(θ) = μ·erf(μ/(σ√2)) + σ·√(2/π)·exp(−μ²/(2σ²)),
+    evaluated as σ·(z + d(z)) with z = abs(μ)/σ (see ``_folded_parts``). 𝔼 abs(θ) → abs(μ) when
+    abs(μ) ≫ σ and 𝔼 abs(θ) → σ√(2/π) at μ = 0. Notebook 03_snr_removal.
     """
     mu64, sigma64 = _as_f64(mu, sigma)
     z = mu64.abs() / sigma64
@@ -82,8 +82,8 @@ def folded_normal_mean(mu: Tensor, sigma: Tensor) -> Tensor:
 
 
 def _log_fold(z: Tensor, s: Tensor) -> Tensor:
-    """L(z, s) = log[Φ(z + s) + e^{−2sz}·Φ(s − z)],
-    so that log g(λ) = s²/2 + λ·abs(μ) + L(z, λσ)."""
+    """L(z, λσ) = log[Φ(z + λσ) + e^{−2λσz}·Φ(λσ − z)] (the argument ``s`` is λσ),
+    so that log g(λ) = (λσ)²/2 + λ·abs(μ) + L(z, λσ)."""
     return torch.logaddexp(torch.special.log_ndtr(z + s),
                            -2.0 * s * z + torch.special.log_ndtr(s - z))
 
@@ -95,7 +95,7 @@ def _log_exp_abs_moment(a: Tensor, sigma: Tensor, lam: float) -> Tensor:
 
 
 def exp_abs_moment(mu: Tensor, sigma: Tensor, lam: float = EXP_ABS_LAMBDA) -> Tensor:
-    """E exp(λ·abs(θ)) for θ ~ N(μ, σ²), the moment generating function of abs(θ)
+    """𝔼 exp(λ·abs(θ)) for θ ~ N(μ, σ²), the moment generating function of abs(θ)
     (docs/method.md §6).
 
     g(λ) = e^{λ²σ²/2 + λμ}·Φ(μ/σ + λσ) + e^{λ²σ²/2 − λμ}·Φ(−μ/σ + λσ),
@@ -109,11 +109,12 @@ def exp_abs_moment(mu: Tensor, sigma: Tensor, lam: float = EXP_ABS_LAMBDA) -> Te
 
 
 def _exp_abs_series(z: Tensor, s: Tensor) -> Tensor:
-    """D = log(g(2λ)/g(λ)²) = Σ_n κ_n s^n (2^n − 2)/n! ≈ κ2 s² + κ3 s³ + (7/12) κ4 s⁴ for small s.
+    """R_λ = log(g(2λ)/g(λ)²) = Σ_n c_n (λσ)^n (2^n − 2)/n!
+    ≈ c₂ (λσ)² + c₃ (λσ)³ + (7/12) c₄ (λσ)⁴ for small λσ (the argument ``s`` is λσ).
 
-    κ_n are the cumulants of abs(Z + z), from the folded-normal raw moments
-    E X = zP + 2φ, E X² = z² + 1, E X³ = (z³ + 3z)P + 2(z² + 2)φ, E X⁴ = z⁴ + 6z² + 3,
-    P = erf(z/√2). Beyond z = 12 the fold is below float64 precision: κ3 = κ4 = 0.
+    c_n are the cumulants of abs(Z + z), from the folded-normal raw moments
+    𝔼X = zP + 2φ, 𝔼X² = z² + 1, 𝔼X³ = (z³ + 3z)P + 2(z² + 2)φ, 𝔼X⁴ = z⁴ + 6z² + 3,
+    P = erf(z/√2). Beyond z = 12 the fold is below float64 precision: c₃ = c₄ = 0.
     """
     _, k2 = _folded_parts(z)
     zc = z.clamp_max(12.0)
@@ -144,15 +145,16 @@ def snr(mu: Tensor, sigma: Tensor) -> Tensor:
 
 
 def mean_abs(mu: Tensor, sigma: Tensor) -> Tensor:
-    """E abs(θ) = folded_normal_mean(μ, σ): weights likely to be far from zero are kept."""
+    """𝔼 abs(θ) = folded_normal_mean(μ, σ): weights likely to be far from zero are kept."""
     return folded_normal_mean(mu, sigma)
 
 
 def snr_abs(mu: Tensor, sigma: Tensor) -> Tensor:
-    """SNR of abs(θ), the paper's default: E abs(θ) / sqrt(Var abs(θ)) (docs/method.md §6).
+    """SNR of abs(θ), the paper's default: 𝔼 abs(θ) / sqrt(Var abs(θ)) (docs/method.md §6).
 
-    snr_abs = m1 / sqrt(σ² + μ² − m1²), m1 = folded_normal_mean(μ, σ); evaluated as
-    (z + d)/sqrt(1 − 2zd − d²), z = abs(μ)/σ, so it depends on z only and increases with it.
+    snr_abs = 𝔼 abs(θ) / sqrt(σ² + μ² − (𝔼 abs(θ))²), 𝔼 abs(θ) = folded_normal_mean(μ, σ);
+    evaluated as (z + d)/sqrt(1 − 2zd − d²), z = abs(μ)/σ, so it depends on z only and increases
+    with it.
     Note: as μ → 0 it tends to √(2/(π − 2)) ≈ 1.32, not 0 (abs(θ) of a centred weight is still
     positive); for abs(μ) ≫ σ it approaches abs(μ)/σ = ``snr``. Notebook 03_snr_removal.
     """
@@ -163,19 +165,20 @@ def snr_abs(mu: Tensor, sigma: Tensor) -> Tensor:
 
 
 def mean_exp_abs(mu: Tensor, sigma: Tensor, lam: float = EXP_ABS_LAMBDA) -> Tensor:
-    """E exp(λ·abs(θ)) = g(λ) (see :func:`exp_abs_moment`), λ = 1 by default."""
+    """𝔼 exp(λ·abs(θ)) = g(λ) (see :func:`exp_abs_moment`), λ = 1 by default."""
     return exp_abs_moment(mu, sigma, lam)
 
 
 def snr_exp_abs(mu: Tensor, sigma: Tensor, lam: float = EXP_ABS_LAMBDA) -> Tensor:
     """SNR of exp(λ·abs(θ)): g(λ) / sqrt(g(2λ) − g(λ)²) (docs/method.md §6), λ = 1 by default.
 
-    Evaluated as 1/sqrt(expm1(D)) with D = log g(2λ) − 2 log g(λ) = s² + L(2λ) − 2L(λ) (the
-    λ·abs(μ) terms cancel exactly); for s = λσ < SERIES_BELOW, D comes from its cumulant series
-    (``_exp_abs_series``) because L is then O(1) − O(1). For abs(μ) ≫ σ exp(λ·abs(θ)) is lognormal
-    and the score is 1/sqrt(expm1(λ²σ²)) ≈ 1/(λσ), whatever μ is: with weights near 0.01 and
-    λ = 1 it mostly ranks by 1/σ. At fixed σ it even *decreases* with abs(μ) (folding at 0 makes
-    exp(λ·abs(θ)) of a centred weight less spread). Notebook 03_snr_removal.
+    Evaluated as 1/sqrt(expm1(R_λ)) with R_λ = log g(2λ) − 2 log g(λ) = (λσ)² + L(z, 2λσ)
+    − 2L(z, λσ) (the λ·abs(μ) terms cancel exactly); for λσ < SERIES_BELOW, R_λ comes from its
+    cumulant series (``_exp_abs_series``) because L is then O(1) − O(1). For abs(μ) ≫ σ
+    exp(λ·abs(θ)) is lognormal and the score is 1/sqrt(expm1(λ²σ²)) ≈ 1/(λσ), whatever μ is: with
+    weights near 0.01 and λ = 1 it mostly ranks by 1/σ. At fixed σ it even *decreases* with
+    abs(μ) (folding at 0 makes exp(λ·abs(θ)) of a centred weight less spread). Notebook
+    03_snr_removal.
     """
     if not isinstance(lam, (int, float)) or isinstance(lam, bool) or not lam > 0:
         raise ValueError(f"lam must be a positive number, got {lam!r}")
@@ -334,7 +337,7 @@ def score_rank_correlation(scores_a: Tensor, scores_b: Tensor,
                            among: Tensor | None = None) -> float:
     """Spearman rank correlation of two score tensors (over the entries where ``among`` is True).
 
-    ρ = Pearson correlation of the average ranks (ties share their mean rank), as
+    r_S = Pearson correlation of the average ranks (ties share their mean rank), as
     scipy.stats.spearmanr. NaN when fewer than 2 entries, any score is NaN, or a side is constant.
     docs/method.md §7 claim 3; notebook 03_snr_removal.
     """

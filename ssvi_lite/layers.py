@@ -10,8 +10,8 @@ Forward modes (one per layer, switched for a whole model by :func:`forward_mode`
 - ``sample`` one weight draw θ = (μ + σ·ε)⊙m shared by the whole batch;
 - ``mean``   θ = μ⊙m, deterministic (the "mean network").
 
-KL to the prior N(0, s²), summed over active weights only:
-    KL_i = log(s/σ_i) + (σ_i² + μ_i²)/(2 s²) − 1/2.
+KL to the prior N(0, σ_p²) (σ_p = ``prior_sigma``), summed over active weights only:
+    KL_i = log(σ_p/σ_i) + (σ_i² + μ_i²)/(2 σ_p²) − 1/2.
 
 The mask is a bool tensor of μ's shape, always: assigning anything else (a float mask would scale
 the weights, a smaller one would broadcast) raises ValueError, and so does a forward pass that

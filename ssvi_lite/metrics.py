@@ -123,16 +123,17 @@ def brier(probs: Any, labels: Any) -> float:
 def reliability_bins(probs: Any, labels: Any, n_bins: int = 15) -> dict[str, np.ndarray]:
     """Top-label confidence histogram with ``n_bins`` equal-width bins (Guo et al., ICML 2017, §2).
 
-    Bin m holds the examples whose confidence ĉ_n = max_c p_nc lies in ((m−1)/M, m/M]. Returns
-    numpy arrays ``edges`` (M+1,), and per bin ``confidence`` = mean ĉ, ``accuracy`` = fraction
-    correct (both NaN for an empty bin) and ``count`` (int, sums to N).
+    Bin j holds the examples whose confidence ĉ_n = max_c p̄_nc lies in ((j−1)/n_bins, j/n_bins].
+    Returns numpy arrays ``edges`` (n_bins+1,), and per bin ``confidence`` = mean ĉ (conf_j),
+    ``accuracy`` = fraction correct (acc_j; both NaN for an empty bin) and ``count`` (int N_j,
+    sums to N).
     """
     p, y = _probs_labels(probs, labels)
     n_bins = _check_n_bins(n_bins)
     conf, pred = p.max(-1)  # (N,), (N,)
     correct = (pred == y).double()
     edges = torch.linspace(0.0, 1.0, n_bins + 1, dtype=torch.float64)
-    idx = torch.bucketize(conf, edges[1:-1], right=False)  # e_{m-1} < ĉ <= e_m → bin m
+    idx = torch.bucketize(conf, edges[1:-1], right=False)  # e_{j-1} < ĉ <= e_j → bin j
     count = torch.bincount(idx, minlength=n_bins)
     conf_sum = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, idx, conf)
     acc_sum = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, idx, correct)
@@ -144,8 +145,8 @@ def reliability_bins(probs: Any, labels: Any, n_bins: int = 15) -> dict[str, np.
 def ece(probs: Any, labels: Any, n_bins: int = 15) -> float:
     """Expected calibration error, top-label, equal-width bins, L1 (Guo et al., ICML 2017, eq. 3).
 
-    ECE = Σ_m (|B_m| / N) · |acc(B_m) − conf(B_m)| over the ``n_bins`` bins of
-    :func:`reliability_bins`; empty bins contribute 0. Default 15 bins (docs/method.md §9).
+    ECE = Σ_j (N_j / N) · |acc_j − conf_j|, N_j the examples in bin j, over the ``n_bins`` bins
+    of :func:`reliability_bins`; empty bins contribute 0. Default 15 bins (docs/method.md §9).
     """
     bins = reliability_bins(probs, labels, n_bins)
     full = bins["count"] > 0

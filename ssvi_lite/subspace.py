@@ -96,7 +96,7 @@ def rescale_to_active_fan_in(model: nn.Module) -> None:
     Kaiming init gives Var μ = 2 / fan_in for a dense layer; with only a fraction d_l of the inputs
     active, pre-activations shrink by √d_l per layer. Rescaling restores Var = 2 / (d_l · fan_in),
     the Kaiming variance of the active fan-in, so a sparse MLP starts at the dense net's scale.
-    The kit preset applies it to ssvi/static (measured: +1 point for SSVI at d = 0.1).
+    The kit preset applies it to ssvi/static (measured: +1 point for SSVI at D = 0.1).
     """
     with torch.no_grad():
         for _, layer in mean_field_layers(model):

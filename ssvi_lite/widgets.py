@@ -89,7 +89,7 @@ def _criteria_keys(criteria: Sequence[str] | None) -> list[str]:
 def prune_copy(model: nn.Module, density: float, removal: str) -> nn.Module:
     """A pruned deep copy of ``model``: each layer keeps its top-k weights by ``removal``.
 
-    k_l = n_l − round((1 − density)·n_l) per layer (docs/method.md §4–6), via
+    n_active,l = n_l − round((1 − D)·n_l) per layer, D = ``density`` (docs/method.md §4–6), via
     ``methods.posthoc.prune_to_density``; ``model`` itself is left untouched, so the explorer can
     move the slider up again. No retraining.
     """

@@ -176,7 +176,7 @@ def test_monotonicity() -> None:
     sig = torch.linspace(0.01, 3, 101, dtype=torch.float64)
     for key in ("snr", "snr_abs", "snr_exp_abs"):
         assert (C.removal_score(key, 0.5 * one, sig).diff() < 0).all(), key  # decreasing in σ
-    assert (C.mean_abs(0.5 * one, sig + 0.1).diff() > 0).all()  # E abs(θ) grows with σ
+    assert (C.mean_abs(0.5 * one, sig + 0.1).diff() > 0).all()  # 𝔼 abs(θ) grows with σ
     assert torch.equal(C.magnitude(0.5 * one, sig), 0.5 * one)  # magnitude ignores σ
     # magnitude and snr order weights differently when σ differs
     mu, sigma = t64(1.0, 2.0), t64(0.1, 1.0)

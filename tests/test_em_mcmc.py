@@ -45,14 +45,14 @@ def test_options_reject_unknown_and_bad_values() -> None:
         _cfg(n_cycles="3")
     opts = em_mcmc.METHOD.parse_options(_cfg().method_options)
     assert opts.first_snapshot_cycle == opts.em_start_cycle == 2 and opts.beta1 == 0.1
-    assert _cfg().lr == 0.5  # the method's own default step size C0², recorded in the config
+    assert _cfg().lr == 0.5  # the method's own default peak step size η₀, recorded in the config
 
 
 @pytest.mark.parametrize("t, expected_factor", [(0, 1.0), (15, 0.5), (30, 1.0), (45, 0.5),
                                                 (29, 0.5 * (math.cos(math.pi * 29 / 30) + 1)),
                                                 (70, 0.5 * (math.cos(math.pi * 10 / 30) + 1))])
 def test_step_size_is_the_cyclical_cosine(t: int, expected_factor: float) -> None:
-    # total 90 steps, M = 3 cycles → L = 30: C_t² = C0²·½[cos(π (t mod L)/L) + 1]
+    # total 90 steps, M = 3 cycles → T_cyc = 30: η_t = η₀·½[cos(π (t mod T_cyc)/T_cyc) + 1]
     assert em_mcmc.step_size(t, 90, 3, 0.2) == pytest.approx(0.2 * expected_factor, rel=1e-12)
     assert em_mcmc.cycle_position(t, 90, 3)[0] == t // 30 + 1
 
@@ -73,7 +73,7 @@ def test_sampler_step_matches_its_formulas_on_a_hand_case() -> None:
     w.grad = g.clone()
     sampler.step()
     xi = torch.randn(3, generator=torch.Generator().manual_seed(7))  # the sampler's draw
-    # the formulas of docs/baselines.md §A, written out with C = sqrt(c2)
+    # the formulas of docs/baselines.md §A, written out with η_t = c2 = c², so η_t^{3/4} = c^1.5
     c = math.sqrt(c2)
     tau0 = 1 / (1 + torch.exp(-rho0))
     rho1 = rho0 - eta * (temp**2 * c**3 * lam * tau0 + temp * c**1.5 * xi_prev * g - 1 / (n * tau0))
@@ -92,7 +92,7 @@ def test_preconditioner_starts_at_one_half_and_entropy_term_raises_it() -> None:
                                           generator=torch.Generator().manual_seed(0))
     assert torch.sigmoid(sampler.state[w]["rho"]).eq(0.5).all()
     w.grad = torch.zeros(4)
-    sampler.step()  # with g = 0 and λ = 0 only −1/(Nτ) acts: ρ rises by η/(N·½) = 0.02
+    sampler.step()  # with ∇ = 0 and δ = 0 only −1/(Nτ) acts: ω rises by η_ω/(N·½) = 0.02
     torch.testing.assert_close(sampler.state[w]["rho"], torch.full((4,), 0.1 / (10 * 0.5)))
 
 

@@ -22,9 +22,10 @@ K1 = 0.63576
 
 
 def exact_neg_kl(alpha: float) -> float:
-    """−KL(N(θ, αθ²) ‖ log-uniform) = −½ Σ_j Pois(j; 1/(2α)) [ψ(½ + j) − ψ(½)]: ε/√α for
-    ε ~ N(1, α) is N(1/√α, 1), so ε²/α is a non-central χ²₁ with E log = Σ_j Pois(j; λ/2)
-    (log 2 + ψ(½ + j)); the constant makes −KL → 0 as α → ∞."""
+    """−KL(N(μ, α_VD μ²) ‖ log-uniform) = −½ Σ_j Pois(j; 1/(2α_VD)) [ψ(½ + j) − ψ(½)]: u/√α_VD
+    for u = θ/μ ~ N(1, α_VD) is N(1/√α_VD, 1), so u²/α_VD is a non-central χ²₁ (non-centrality
+    1/α_VD) with 𝔼 log = Σ_j Pois(j; 1/(2α_VD))(log 2 + ψ(½ + j)); the constant makes −KL → 0 as
+    α_VD → ∞ (ψ the digamma)."""
     lam = 1.0 / (2.0 * alpha)
     j = np.arange(int(lam + 60 * math.sqrt(lam) + 200))
     return float(-0.5 * np.sum(poisson.pmf(j, lam) * (digamma(0.5 + j) - digamma(0.5))))
@@ -46,7 +47,7 @@ def test_kl_fit_is_within_0_01_of_the_exact_value() -> None:
 
 
 def test_exact_series_agrees_with_monte_carlo() -> None:
-    """The oracle itself: ½ log α − E log|ε| − (γ + log 2)/2 by sampling ε ~ N(1, α)."""
+    """The oracle itself: ½ log α_VD − 𝔼 log|u| − (γ_E + log 2)/2 by sampling u ~ N(1, α_VD)."""
     rng = np.random.default_rng(0)
     for alpha in (0.3, 1.0, 5.0):
         eps = 1.0 + math.sqrt(alpha) * rng.standard_normal(2_000_000)
@@ -55,7 +56,8 @@ def test_exact_series_agrees_with_monte_carlo() -> None:
 
 
 def test_kl_fit_asymptotes() -> None:
-    """α → ∞: −KL → k1 − 0 − k1 = 0.  α → 0: −KL ≈ ½ log α − k1 (exact: − (γ + log 2)/2)."""
+    """α_VD → ∞: −KL → k1 − 0 − k1 = 0.  α_VD → 0: −KL ≈ ½ log α_VD − k1 (exact:
+    − (γ_E + log 2)/2)."""
     big = svd.neg_kl_approx(torch.tensor(30.0, dtype=torch.float64))
     assert abs(float(big)) < 1e-12
     small = svd.neg_kl_approx(torch.tensor(-30.0, dtype=torch.float64))
@@ -81,8 +83,8 @@ def test_layer_parameterisation_and_kl_sum(generator) -> None:
 def test_pruned_weights_are_zero_at_evaluation_only(mode: str) -> None:
     layer = svd.SparseVDLinear(3, 2, log_sigma2_init=0.0)  # σ = 1
     with torch.no_grad():
-        layer.mu.fill_(10.0)  # log α = −log 100 ≈ −4.6: kept
-        layer.mu[:, 1] = 1e-3  # log α ≈ 13.8 → clipped 10 > 3: pruned
+        layer.mu.fill_(10.0)  # log α_VD = −log 100 ≈ −4.6: kept
+        layer.mu[:, 1] = 1e-3  # log α_VD ≈ 13.8 → clipped 10 > 3: pruned
         layer.bias.copy_(torch.tensor([0.5, -0.5]))
     assert layer.n_active == 4
     x = torch.tensor([[0.0, 1.0, 0.0]]).expand(64, 3)  # only the pruned column is fed

@@ -1,4 +1,4 @@
-"""Turbo-VBI (methods/turbo_vbi.py): closed-form ρ/s-steps against numerics from their definitions,
+"""Turbo-VBI (methods/turbo_vbi.py): closed-form γ/s-steps against numerics from their definitions,
 message passing against brute force on chains and on a planted block, pruning, structure report."""
 from __future__ import annotations
 
@@ -55,8 +55,8 @@ def test_kl_to_precision_matches_torch_distributions() -> None:
 @pytest.mark.parametrize("pi_tilde, mu, sigma",
                          [(0.8, 0.4, 0.1), (0.1, 0.02, 0.01), (0.5, 1.3, 0.7)])
 def test_rho_step_is_the_optimal_gamma_of_its_definition(pi_tilde, mu, sigma) -> None:
-    """ln q*(ρ) = π̃ ln Gamma(ρ; a, b) + (1−π̃) ln Gamma(ρ; ā, b̄) + E_q(w) ln N(w; 0, 1/ρ) + const:
-    its difference to ln Gamma(ρ; ã, b̃) must be constant in ρ (E over w by Gauss–Hermite)."""
+    """ln q*(γ) = π̃ ln Gamma(γ; a, b) + (1−π̃) ln Gamma(γ; ā, b̄) + 𝔼_q(θ) ln N(θ; 0, 1/γ) + const:
+    its difference to ln Gamma(γ; ã, b̃) must be constant in γ (𝔼 over θ by Gauss–Hermite)."""
     a_t, b_t = turbo_vbi.precision_posterior(torch.tensor(pi_tilde, dtype=torch.float64),
                                              torch.tensor(mu**2 + sigma**2, dtype=torch.float64),
                                              OPTS)
@@ -73,7 +73,7 @@ def test_rho_step_is_the_optimal_gamma_of_its_definition(pi_tilde, mu, sigma) ->
 
 @pytest.mark.parametrize("pi, a_t, b_t", [(0.5, 2.0, 0.5), (0.9, 1.6, 3.0), (0.2, 4.5, 0.05)])
 def test_s_step_matches_expected_log_priors_by_quadrature(pi, a_t, b_t) -> None:
-    """π̃ = π e^{E ln p(ρ|1)} / (π e^{E ln p(ρ|1)} + (1−π) e^{E ln p(ρ|0)}), E under q(ρ) =
+    """π̃ = π e^{𝔼 ln p(γ|1)} / (π e^{𝔼 ln p(γ|1)} + (1−π) e^{𝔼 ln p(γ|0)}), 𝔼 under q(γ) =
     Gamma(ã, b̃)."""
     q = stats.gamma(a_t, scale=1 / b_t)
 
@@ -101,7 +101,7 @@ def test_extrinsic_message_is_posterior_over_prior(pi_tilde: float, pi: float) -
 
 
 def _brute_force_prior(evidence: np.ndarray, p11: float, p01: float) -> np.ndarray:
-    """π_i ∝ Σ over the other sites of Π_edges ψ(s_up/left, s_down/right) Π_{j≠i} ν_j(s_j)."""
+    """π_i ∝ Σ over the other sites of Π_edges Ψ(s_up/left, s_down/right) Π_{j≠i} ν_j(s_j)."""
     h, w = evidence.shape
     psi = {(1, 1): p11, (1, 0): 1 - p11, (0, 1): p01, (0, 0): 1 - p01}
     nu1 = 1 / (1 + np.exp(-evidence))

@@ -32,7 +32,7 @@ def _points(n: int = 600, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     mu = torch.cat([torch.randn(n // 3, generator=g) * 0.01 + c for c in (-0.1, 0.0, 0.1)])
     sigma = 0.01 + 0.002 * torch.rand(len(mu), generator=g)
-    mu[:5] = torch.tensor([0.3, -0.25, 0.4, 0.21, -0.5])  # |μ| ≥ τ_w = 0.2: outliers
+    mu[:5] = torch.tensor([0.3, -0.25, 0.4, 0.21, -0.5])  # |μ| ≥ μ_out = 0.2: outliers
     return torch.stack([mu, sigma], -1), torch.rand(len(mu), generator=g)
 
 

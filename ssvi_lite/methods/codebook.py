@@ -64,22 +64,22 @@ def w2_squared(c_a: Tensor, cov_a: Tensor, c_b: Tensor, cov_b: Tensor) -> Tensor
 
 
 def _chol_from_raw(raw: Tensor) -> Tensor:
-    """(K, 3) = (log l11, l21, log l22) → lower-triangular L (K, 2, 2) with positive diagonal."""
+    """(G, 3) = (log l11, l21, log l22) → lower-triangular L (G, 2, 2) with positive diagonal."""
     zero = torch.zeros_like(raw[:, 0])
     rows = [torch.stack([raw[:, 0].exp(), zero], -1), torch.stack([raw[:, 1], raw[:, 2].exp()], -1)]
     return torch.stack(rows, -2)
 
 
 def _raw_from_cov(cov: Tensor) -> Tensor:
-    chol = torch.linalg.cholesky(cov)  # (K, 2, 2)
+    chol = torch.linalg.cholesky(cov)  # (G, 2, 2)
     return torch.stack([chol[:, 0, 0].log(), chol[:, 1, 0], chol[:, 1, 1].log()], -1)
 
 
 def _log_gauss(x: Tensor, centre: Tensor, chol: Tensor) -> Tensor:
-    """log N(x_n; c_k, L_k L_kᵀ) of every pair: x (n, 2), centre (K, 2), chol (K, 2, 2) → (n, K)."""
-    diff = (x[:, None, :] - centre[None]).unsqueeze(-1)  # (n, K, 2, 1)
+    """log N(x_n; c_k, L_k L_kᵀ) of every pair: x (n, 2), centre (G, 2), chol (G, 2, 2) → (n, G)."""
+    diff = (x[:, None, :] - centre[None]).unsqueeze(-1)  # (n, G, 2, 1)
     z = torch.linalg.solve_triangular(chol.expand(len(x), -1, -1, -1), diff, upper=False)
-    log_det = chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # (K,) = ½ log det Σ
+    log_det = chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # (G,) = ½ log det Σ
     return -math.log(2 * math.pi) - log_det - 0.5 * z.squeeze(-1).pow(2).sum(-1)
 
 
@@ -88,7 +88,7 @@ class Codebook(nn.Module):
     """Stage 3's variational parameters and the fixed assignment of every weight.
 
     Cluster Gaussians live in standardised coordinates z = (x − ``offset``)/``scale`` (those of
-    the k-means): parameters ``centre_z`` (K, 2) and ``chol_raw`` (K, 3) = (log l11, l21, log l22)
+    the k-means): parameters ``centre_z`` (G, 2) and ``chol_raw`` (G, 3) = (log l11, l21, log l22)
     of L_z, with priors ``prior_centre_z``/``prior_cov_z``. Adam's steps are then of one size for μ
     and σ (in raw units σ's spread is ~100× smaller), and the KL and Mahalanobis distances are
     unchanged (both are invariant under this affine map). :attr:`centre`, :meth:`chol`,
@@ -101,8 +101,8 @@ class Codebook(nn.Module):
                  labels: Tensor, ell_k: Tensor, ell_alpha: Tensor, out_mu: Tensor,
                  out_sigma: Tensor, inverse: Tensor):
         super().__init__()
-        self.centre_z = nn.Parameter(centre_z.clone())  # (K, 2)
-        self.chol_raw = nn.Parameter(_raw_from_cov(cov_z))  # (K, 3)
+        self.centre_z = nn.Parameter(centre_z.clone())  # (G, 2)
+        self.chol_raw = nn.Parameter(_raw_from_cov(cov_z))  # (G, 3)
         self.out_mu = nn.Parameter(out_mu.clone())
         self.out_rho = nn.Parameter(softplus_inverse(out_sigma))
         for name, value in (("prior_centre_z", centre_z), ("prior_cov_z", cov_z),
@@ -142,11 +142,11 @@ class Codebook(nn.Module):
 
     @property
     def centre(self) -> Tensor:
-        """Cluster means c_k in (μ, σ) units, (K, 2)."""
+        """Cluster means c_k in (μ, σ) units, (G, 2)."""
         return self.offset + self.scale * self.centre_z
 
     def chol(self) -> Tensor:
-        """Cholesky factors L_k of Σ_k in (μ, σ) units, (K, 2, 2)."""
+        """Cholesky factors L_k of Σ_k in (μ, σ) units, (G, 2, 2)."""
         return self.scale[:, None] * _chol_from_raw(self.chol_raw)
 
     def cov(self) -> Tensor:
@@ -163,13 +163,13 @@ class Codebook(nn.Module):
 
     def weights(self, mean: bool = False) -> Tensor:
         """All weights, flat (n,): one draw u_k per cluster (first coordinate) gathered to its
-        inliers, the α-blend of centres for ellipse points, a draw per outlier (``mean``: centres
+        inliers, the r̄-blend of centres for ellipse points, a draw per outlier (``mean``: centres
         and μ instead of draws)."""
         centre = self.centre
         u, out = centre, self.out_mu
         if not mean:
-            eps = torch.randn_like(centre).unsqueeze(-1)  # (K, 2, 1)
-            u = centre + (self.chol() @ eps).squeeze(-1)  # (K, 2): one draw per cluster
+            eps = torch.randn_like(centre).unsqueeze(-1)  # (G, 2, 1)
+            u = centre + (self.chol() @ eps).squeeze(-1)  # (G, 2): one draw per cluster
             out = out + F.softplus(self.out_rho) * torch.randn_like(out)
         inliers = u[:, 0].index_select(0, self.labels)
         c1 = centre[:, 0]
@@ -181,8 +181,8 @@ class Codebook(nn.Module):
         """Σ_k KL(N(c_k, Σ_k) ‖ N(c⁰_k, Σ⁰_k)) + Σ_o KL(N(μ_o, σ_o²) ‖ N(μ⁰_o, σ⁰_o²)),
         the cluster terms evaluated in z units (the KL is invariant under the affine map)."""
         chol, chol0 = _chol_from_raw(self.chol_raw), torch.linalg.cholesky(self.prior_cov_z)
-        m = torch.linalg.solve_triangular(chol0, chol, upper=False)  # L⁰⁻¹L (K, 2, 2)
-        delta = (self.centre_z - self.prior_centre_z).unsqueeze(-1)  # (K, 2, 1)
+        m = torch.linalg.solve_triangular(chol0, chol, upper=False)  # L⁰⁻¹L (G, 2, 2)
+        delta = (self.centre_z - self.prior_centre_z).unsqueeze(-1)  # (G, 2, 1)
         d = torch.linalg.solve_triangular(chol0, delta, upper=False)
         log_det = (chol0.diagonal(dim1=-2, dim2=-1).log() - chol.diagonal(dim1=-2, dim2=-1).log())
         kl = 0.5 * (m.pow(2).sum((-2, -1)) + d.pow(2).sum((-2, -1)) - 2.0) + log_det.sum(-1)
@@ -196,7 +196,7 @@ class Codebook(nn.Module):
         """Merge cluster pairs with W2² < ``threshold`` (raw units; closest first, each cluster at
         most once per call): means and covariances averaged, priors too. Returns the count."""
         centre, cov = self.centre, self.cov()
-        dist = w2_squared(centre[:, None], cov[:, None], centre[None], cov[None])  # (K, K)
+        dist = w2_squared(centre[:, None], cov[:, None], centre[None], cov[None])  # (G, G)
         dist = dist.triu(1) + torch.tril(torch.full_like(dist, math.inf))  # pairs i < j only
         close = (dist < threshold).nonzero().tolist()
         used, pairs = set(), []
@@ -233,8 +233,8 @@ def make_codebook(points: Tensor, grad_abs: Tensor, *, n_clusters: int = 128,
 
     k-means on standardised points z (fitted on ≤ KMEANS_FIT_POINTS of them); outliers: |μ| ≥
     ``outlier_abs_mu``, the top ``outlier_grad_fraction`` by |∂CE/∂μ|, members of clusters with
-    ≤ ``min_cluster_size`` inliers; Gaussians of the inliers; ellipse points (d² > 5.991) blend the
-    centres of their two most responsible clusters. Variational values start at these priors.
+    ≤ ``min_cluster_size`` inliers; Gaussians of the inliers; ellipse points (d_M² > 5.991) blend
+    the centres of their two most responsible clusters. Variational values start at these priors.
     """
     offset, scale = points.mean(0), points.std(0).clamp_min(1e-12)
     z = (points - offset) / scale
@@ -263,8 +263,9 @@ def make_codebook(points: Tensor, grad_abs: Tensor, *, n_clusters: int = 128,
 def _cluster_gaussians(x: Tensor, lab: Tensor, k: int
                        ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gaussians (centre (k, 2), cov (k, 2, 2)) of the inliers x (n, 2) with labels lab; the
-    ellipse points (bool (n,), Mahalanobis d² > 5.991 to their own cluster), their two most
-    responsible clusters (n_ell, 2) and α = r_a / (r_a + r_b) with r_k ∝ π_k N(x; c_k, Σ_k)."""
+    ellipse points (bool (n,), Mahalanobis d_M² > 5.991 to their own cluster), their two most
+    responsible clusters k₁, k₂ (n_ell, 2) and r̄ = r_{k₁}/(r_{k₁} + r_{k₂}) with
+    r_k ∝ w_k N((μ, σ); c_k, Σ_k), w_k the cluster's share of the inliers."""
     counts = torch.bincount(lab, minlength=k).to(x.dtype)  # (k,)
     centre = torch.zeros(k, 2, dtype=x.dtype).index_add_(0, lab, x) / counts[:, None]
     diff = x - centre[lab]

@@ -4,7 +4,7 @@
 All four train one :class:`~ssvi_lite.loop.Stage` of the one epoch loop with
     loss = CE_mean(logits, y) + β(e)·κ·R / N_train,
 R = KL(q ‖ p) summed over the active weights for the Bayesian three, and the Gaussian prior as a
-penalty R = ‖w‖²/(2s²) for MAP. SSVI's stepper replaces the optimiser step by a subspace update
+penalty R = ‖θ‖²/(2σ_p²) for MAP. SSVI's stepper replaces the optimiser step by a subspace update
 every ΔT steps while t < T_end (:class:`SubspaceStepper`); the others only re-apply the masks after
 each optimiser step, so inactive weights never move.
 """
@@ -49,7 +49,7 @@ def build(cfg: TrainConfig, data: DataSplits, generator: torch.Generator | None 
 
 
 def prior_penalty(model: nn.Module, prior_sigma: float) -> Tensor:
-    """‖w‖² / (2 s²) over the weights of Linear/Conv2d layers (MAP's Gaussian prior)."""
+    """‖θ‖² / (2 σ_p²) over the weights of Linear/Conv2d layers (MAP's Gaussian prior)."""
     weights = [m.weight for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
     return sum((w**2).sum() for w in weights) / (2 * prior_sigma**2)
 

@@ -2,43 +2,38 @@
 
 Paper: Ke & Fan, "On the optimization and pruning for Bayesian deep learning", arXiv 2210.12957
 (docs/baselines.md §A; notebook 06_sparse_bnn_zoo). Idea: adaptive VB with a Gaussian of scale
-T·C^{1.5}·τ is the same as SGHMC with a learned per-weight preconditioner τ; an EM step inside
-the sampler, under a spike-and-slab prior on groups of weights, decides which groups to shrink
-(spike) and which to delete for good.
+T·η_t^{3/4}·τ is SGHMC with a learned per-weight preconditioner τ; an EM step inside the sampler,
+under a spike-and-slab prior on groups of weights, shrinks some groups (spike), deletes others.
 
-State per weight: w, momentum m, dual preconditioner ρ (τ = sigmoid(ρ), ρ = 0 → τ = ½ at the
-start), the last noise ξ, and its decay λ (ε1 slab, ε0 spike). Step t (g = minibatch-mean gradient
-of the cross-entropy, N = training examples, T = temperature ≈ 1/N, η = 0.1, (β1, β2) = (0.1, 1)):
+State per weight: θ, momentum v, dual preconditioner ω (τ = sigmoid(ω); ω = 0, τ = ½ at the start),
+the last noise ξ, and its decay δ (δ₁ slab, δ₀ spike). Step t (∇ = minibatch-mean gradient of the
+cross-entropy, N = training examples, T = temperature ≈ 1/N, η_ω = 0.1, (h₁, h₂) = (0.1, 1)):
 
-    C_t² = C0² · ½[cos(π · (t mod L)/L) + 1],    L = total steps / M cycles     (cyclical cosine)
-    ρ ← ρ − η[T²C³·λ·τ + T·C^{1.5}·ξ_prev⊙g − 1/(N·τ)],   τ = sigmoid(ρ)        (VB ≡ SGHMC link)
-    ξ ~ N(0, I);  m ← β1·m − C²·β2·(g + λ·w) + sqrt(2(1 + β1²))·C^{1.5}·T·ξ
-    w ← (w + τ⊙m) ⊙ hard_mask
+    η_t = η₀ · ½[cos(π · (t mod T_cyc)/T_cyc) + 1],   T_cyc = T_total / M cycles  (cyclical cosine)
+    ω ← ω − η_ω[T²η_t^{3/2}·δ·τ + T·η_t^{3/4}·ξ_prev⊙∇ − 1/(N·τ)],  τ = sigmoid(ω)   (VB ≡ SGHMC)
+    ξ ~ N(0, I);  v ← h₁·v − η_t·h₂·(∇ + δ·θ) + sqrt(2(1 + h₁²))·η_t^{3/4}·T·ξ
+    θ ← (θ + τ⊙v) ⊙ m
 
-EM, once per epoch after a warm-up (the first ``em_start_cycle − 1`` cycles): a group is an input
-column of a Linear weight (a kernel (o, i) of a Conv2d weight); its mean square q_g = mean(w²).
-q_g < soft threshold → spike (λ = ε0), else slab (λ = ε1); q_g < hard threshold → zeroed for good.
+EM, once per epoch after a warm-up (the first ``em_start_cycle − 1`` cycles): a group j is an input
+column of a Linear weight (a kernel (o, i) of a Conv2d weight); its mean square Q_j = mean(θ²).
+Q_j < soft threshold → spike (δ = δ₀), else slab (δ = δ₁); Q_j < hard threshold → zeroed for good.
 Prediction averages the softmax of the snapshots taken at the end of each cycle.
 
 Departures from the authors' code, and why:
-- Thresholds. Their absolute thresholds are tuned for CIFAR ResNets and prune everything in an MLP.
-  Here they are chosen once, at the end of warm-up, per layer from the distribution of that layer's
-  q_g: soft = the ``soft_quantile`` quantile, hard = the ``hard_quantile`` quantile (defaults 0.5
-  and 0.2). Groups below the soft one then decay under ε0 until they cross the hard one.
+- Thresholds: theirs are absolute, tuned for CIFAR ResNets, and prune all of an MLP. Here each
+  layer's are set once, at the end of warm-up, as quantiles of its Q_j (``soft_quantile`` 0.5,
+  ``hard_quantile`` 0.2); a spike group decays under δ₀ until it crosses the hard one.
 - Small scale: MLP (cfg.hidden; the paper's MNIST size is (300, 100)) on the embedded MNIST subset,
   30 epochs, 3 cycles, EM from cycle 2; biases are sampled too, with the slab decay and no groups.
-- Snapshots start at ``first_snapshot_cycle`` (default = ``em_start_cycle``): the end-of-warm-up net
-  is dense, and averaging it in would make the "sparse" predictive use dense weights.
-- A snapshot due at the last step of an epoch is taken after that epoch's EM step, so the final
-  snapshot carries the final hard mask.
-- Validation during training uses the current sampler state (one network), not the ensemble.
-- Step size and decays: C0² = ``cfg.lr``, which the method sets to 0.5 by default (its registry
-  record; the kit preset's 1e-3 is Adam's and does not fit an SGD-like step; with τ ≈ ½ the
-  effective peak step is 0.25), ε1 = 5e-4, ε0 = 0.5 (a spike group crosses the hard threshold
-  within about one epoch). With T = 1/N the injected noise is tiny
-  (≈1e-4 per step at the peak) and τ drifts only from 0.500 to 0.512 over 30 epochs: at this
-  scale the sampler behaves like SGD with momentum 0.1, as the formulas say.
-- ``predict_proba`` ignores ``n_samples``: the posterior samples are the K snapshots.
+- Snapshots start at ``first_snapshot_cycle`` (default ``em_start_cycle``): the warm-up net is
+  dense, and averaging it in would make the "sparse" predictive use dense weights. One due at an
+  epoch's last step is taken after that epoch's EM step, so the last one has the final hard mask.
+- η₀ = ``cfg.lr``, set to 0.5 by the method (its registry record; the preset's 1e-3 is Adam's, unfit
+  for an SGD-like step; with τ ≈ ½ the effective peak step is 0.25); δ₁ = 5e-4, δ₀ = 0.5 (a spike
+  group crosses the hard threshold in ~1 epoch). With T = 1/N the noise is tiny (≈1e-4 per step at
+  the peak) and τ drifts only 0.500 → 0.512 in 30 epochs: in effect SGD with momentum 0.1.
+- Validation during training uses the current sampler state (one network), not the ensemble;
+  ``predict_proba`` ignores ``n_samples``: the posterior samples are the K snapshots.
 Measured (784-300-100-10, 30 epochs, 4,000 images, seed 0, one CPU thread, ≈18 s): test accuracy
 0.940 with K = 2 snapshots at density 0.369; input columns alive 278/784, 143/300, 50/100.
 """
@@ -63,18 +58,17 @@ from . import Method
 
 @dataclass
 class EMMCMCOptions:
-    """Hyper-parameters of EM-MCMC (``cfg.method_options``); symbols as in the module docstring.
-    The peak step size C0² is ``cfg.lr``."""
+    """EM-MCMC's ``cfg.method_options``, symbols as in the module docstring (η₀ is ``cfg.lr``)."""
 
     n_cycles: int = 3  # M
     em_start_cycle: int = 2  # EM once per epoch from this cycle on (1-based)
     first_snapshot_cycle: int | None = None  # None: em_start_cycle
     temperature: float | None = None  # T; None: 1/N
-    beta1: float = 0.1
-    beta2: float = 1.0
-    eta: float = 0.1  # step size of the ρ (preconditioner) update
-    slab_decay: float = 5e-4  # ε1
-    spike_decay: float = 0.5  # ε0
+    beta1: float = 0.1  # h₁
+    beta2: float = 1.0  # h₂
+    eta: float = 0.1  # step size η_ω of the ω (preconditioner) update
+    slab_decay: float = 5e-4  # δ₁
+    spike_decay: float = 0.5  # δ₀
     soft_quantile: float = 0.5
     hard_quantile: float = 0.2
 
@@ -101,25 +95,24 @@ class EMMCMCOptions:
 
 # ----------------------------------------------------------------------------- schedule
 def cycle_position(t: int, total_steps: int, n_cycles: int) -> tuple[int, float]:
-    """(cycle index counted from 1, position (t mod L)/L ∈ [0, 1)) of step t, L = total/M."""
-    x = t * n_cycles / total_steps  # t / L
+    """(cycle index from 1, position (t mod T_cyc)/T_cyc ∈ [0, 1)) of step t, T_cyc = T_total/M."""
+    x = t * n_cycles / total_steps  # t / T_cyc
     cycle = min(math.floor(x), n_cycles - 1)
     return cycle + 1, x - cycle
 
 
 def step_size(t: int, total_steps: int, n_cycles: int, lr_max: float) -> float:
-    """C_t² = C0²·½[cos(π·(t mod L)/L) + 1] (cyclical cosine, restarts at each cycle)."""
+    """η_t = η₀·½[cos(π·(t mod T_cyc)/T_cyc) + 1] (cyclical cosine, restarts at each cycle)."""
     _, frac = cycle_position(t, total_steps, n_cycles)
     return lr_max * 0.5 * (math.cos(math.pi * frac) + 1.0)
 
 
 # ----------------------------------------------------------------------------- the sampler
 class PreconditionedSGHMC(torch.optim.Optimizer):
-    """SGHMC with the learned dual preconditioner ρ (τ = sigmoid ρ) and per-weight decay λ.
-
-    ``state[p]`` holds ``momentum``, ``rho``, ``xi`` (the last noise), ``decay`` (λ, a tensor
-    broadcastable to p) and ``mask`` (bool, or None = all kept). ``lr`` is C_t²; set it each step.
-    """
+    """SGHMC with the learned dual preconditioner ω (τ = sigmoid ω) and per-weight decay δ.
+    ``state[p]`` holds ``momentum`` (v), ``rho`` (ω), ``xi`` (the last noise ξ), ``decay`` (δ, a
+    tensor broadcastable to p), ``mask`` (m: bool, or None = all kept). ``lr`` is η_t: set it each
+    step."""
 
     def __init__(self, params: Any, n_train: int, *, lr: float = 0.1, temperature: float | None =
                  None, beta1: float = 0.1, beta2: float = 1.0, eta: float = 0.1, decay: float = 0.0,
@@ -151,7 +144,7 @@ class PreconditionedSGHMC(torch.optim.Optimizer):
     def step(self, closure: Any = None) -> None:
         for group in self.param_groups:
             c2, temp, n = group["lr"], group["temperature"], group["n_train"]
-            c15, c3 = c2**0.75, c2**1.5  # C^{1.5}, C³
+            c15, c3 = c2**0.75, c2**1.5  # η_t^{3/4}, η_t^{3/2}
             noise = math.sqrt(2 * (1 + group["beta1"] ** 2)) * c15 * temp
             for p in group["params"]:
                 if p.grad is None:
@@ -159,16 +152,16 @@ class PreconditionedSGHMC(torch.optim.Optimizer):
                 s, g = self.state[p], p.grad
                 lam, rho, xi, m = s["decay"], s["rho"], s["xi"], s["momentum"]
                 tau = torch.sigmoid(rho)
-                # ρ ← ρ − η[T²C³λτ + T·C^{1.5}·ξ_prev⊙g − 1/(Nτ)]
+                # ω ← ω − η_ω[T²η_t^{3/2}δτ + T·η_t^{3/4}·ξ_prev⊙∇ − 1/(Nτ)]
                 drift = (tau * lam).mul_(temp**2 * c3).addcmul_(xi, g, value=temp * c15)
                 drift.sub_(tau.reciprocal_().mul_(1.0 / n))
                 rho.add_(drift, alpha=-group["eta"])
                 torch.randn(p.shape, generator=self.generator, device=p.device, dtype=p.dtype,
                             out=xi)  # ξ, kept as ξ_prev for the next step
-                # m ← β1·m − C²β2(g + λw) + sqrt(2(1+β1²))·C^{1.5}·T·ξ
+                # v ← h₁·v − η_t·h₂(∇ + δθ) + sqrt(2(1+h₁²))·η_t^{3/4}·T·ξ
                 m.mul_(group["beta1"]).add_(g, alpha=-c2 * group["beta2"])
                 m.add_(lam * p, alpha=-c2 * group["beta2"]).add_(xi, alpha=noise)
-                p.addcmul_(torch.sigmoid(rho), m)  # w ← w + τ⊙m
+                p.addcmul_(torch.sigmoid(rho), m)  # θ ← θ + τ⊙v
                 if s["mask"] is not None:
                     p.mul_(s["mask"])
                     m.mul_(s["mask"])
@@ -180,7 +173,7 @@ def _group_dims(weight: Tensor) -> tuple[int, ...]:
 
 
 def group_mean_squares(weight: Tensor) -> Tensor:
-    """q_g = mean of w² over each group: (in,) for a Linear weight, (out, in) for a Conv2d one."""
+    """Q_j = mean of θ² over each group j: (in,) for a Linear weight, (out, in) for a Conv2d one."""
     return weight.detach().pow(2).mean(_group_dims(weight))
 
 
@@ -232,11 +225,9 @@ class EMMCMCNet(nn.Module):
 
 
 def em_step(model: EMMCMCNet, sampler: PreconditionedSGHMC) -> int:
-    """E-step: spike where q_g < soft, hard-prune where q_g < hard; M-step: set λ per group.
-
-    The first call fixes the thresholds from the quantiles of each layer's q_g. Returns the number
-    of groups newly pruned.
-    """
+    """E-step: spike where Q_j < soft, hard-prune where Q_j < hard; M-step: set δ per group. The
+    first call fixes the thresholds from the quantiles of each layer's Q_j. Returns the number of
+    groups newly pruned."""
     opts, layers = model.opts, model.weight_layers()
     qs = [group_mean_squares(layer.weight) for layer in layers]
     if model.thresholds is None:
@@ -285,9 +276,8 @@ def _cost(model: nn.Module, data: DataSplits) -> tuple[float, float]:
 
 
 class CycleStepper(Stepper):
-    """Sets the step size C_t² before each step; after it, takes a snapshot where a cycle ends
-    (from ``first_snapshot_cycle`` on). A snapshot due at an epoch's last step waits for that
-    epoch's EM step, so the final snapshot carries the final hard mask."""
+    """Sets the step size η_t before each step; after it, takes a snapshot where a cycle ends (from
+    ``first_snapshot_cycle`` on); one due at an epoch's last step waits for that epoch's EM step."""
 
     def __init__(self, model: EMMCMCNet, cfg: TrainConfig, total: int, per_epoch: int) -> None:
         self.model, self.cfg, self.total, self.per_epoch = model, cfg, total, per_epoch
@@ -311,11 +301,9 @@ class CycleStepper(Stepper):
 
 def stages(model: nn.Module, data: DataSplits, cfg: TrainConfig, **_: Any) -> list[Stage]:
     """One stage: the sampler for ``cfg.epochs`` epochs, EM after each epoch from the end of the
-    warm-up, a snapshot per cycle; no best-epoch restore (the snapshots are the answer).
-
-    Extra history columns: step_size (C_t² at the epoch's end), tau_mean, groups_pruned,
-    n_snapshots; ``density`` = nonzero weights / all; validation uses the current sampler state.
-    """
+    warm-up, a snapshot per cycle; no best-epoch restore (the snapshots are the answer). Extra
+    history columns: step_size (η_t at the epoch's end), tau_mean, groups_pruned, n_snapshots;
+    ``density`` = nonzero weights / all; validation uses the current sampler state."""
     if not isinstance(model, EMMCMCNet):
         raise TypeError(f"em_mcmc needs the model from em_mcmc.build, got {type(model).__name__}")
     opts, per_epoch = model.opts, math.ceil(data.n_train / cfg.batch_size)
@@ -383,13 +371,10 @@ def _density(model: EMMCMCNet) -> float:
 def report(model: nn.Module, notes: dict[str, Any] | None = None
            ) -> dict[str, float | int]:
     """Density reached (nonzero weights / all, final net), surviving input units (columns, or
-    input channels for conv) and groups pruned per layer, number of snapshots.
-
-    The common cost columns are replaced by what the predictive really needs: K snapshots of the
-    surviving weights (plus biases/BN, float32) and a bitmap of the alive groups for
-    ``model_size_bytes``; K forward passes over the surviving weights for
-    ``inference_flops_per_example`` (K = number of snapshots, at least 1).
-    """
+    input channels for conv) and groups pruned per layer, number of snapshots. The common cost
+    columns become what the predictive really needs: K snapshots of the surviving weights (plus
+    biases/BN, float32) and a bitmap of the alive groups for ``model_size_bytes``; K forward passes
+    over the surviving weights for ``inference_flops_per_example`` (K = snapshots, at least 1)."""
     n_nets = max(1, len(model.snapshots))
     out: dict[str, float | int] = {"density": _density(model), "n_snapshots": len(model.snapshots)}
     costs = _active_costs(model, model.input_shape)

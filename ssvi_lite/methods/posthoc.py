@@ -4,9 +4,10 @@ notebook 06_sparse_bnn_zoo; ``prune_to_density`` also drives the live-pruning wi
 The classic alternative to SSVI's "sparse from the first step": pay for dense VI, then cut.
 1. Dense VI (docs/method.md §1–3): the ``vi`` stage on the Bayesian ``cfg.model`` at density 1,
    loss CE_mean + β κ KL_sum / N, for ``dense_epochs`` (default ``cfg.epochs``).
-2. Prune, per layer l: keep the k_l = n_l − round((1 − d_l)·n_l) weights with the highest removal
-   score s(μ, σ) = ``criteria.REMOVAL_SCORES[cfg.removal]`` (higher = keep; the same top-k routine
-   and per-layer counts as SSVI's removal and initial masks), set the mask, zero μ where pruned.
+2. Prune, per layer l: keep the n_active,l = n_l − round((1 − d_l)·n_l) weights with the highest
+   removal score S(μ, σ) = ``criteria.REMOVAL_SCORES[cfg.removal]`` (higher = keep; the same
+   top-k routine and per-layer counts as SSVI's removal and initial masks), set the mask, zero μ
+   where pruned.
    d_l = ``cfg.density`` in every layer ("uniform") or the ERK split (``cfg.mask_init``).
 3. Fine-tune (μ, σ) on the fixed support for ``fine_tune_epochs`` (the ``static`` stage, the
    same loss with β = 1). 0 epochs = pure one-shot pruning.
@@ -65,7 +66,7 @@ def prune_to_density(model: nn.Module, density: float, removal: str, *,
                      mask_init: str = "uniform", first_layer_dense: bool = False) -> None:
     """Prune every mean-field layer of ``model`` in place to ``density`` by the removal score.
 
-    Layer l keeps the top k_l = n_l − round((1 − d_l)·n_l) of its active weights by
+    Layer l keeps the top n_active,l = n_l − round((1 − d_l)·n_l) of its active weights by
     ``REMOVAL_SCORES[removal](μ, σ)`` (ties: lower index first); μ is zeroed where pruned. No
     retraining. Pruning can only remove: to try a higher density, prune a fresh copy of the dense
     posterior (``copy.deepcopy``), as the widgets do.

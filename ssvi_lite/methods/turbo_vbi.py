@@ -2,56 +2,56 @@
 
 Paper: Xia, Tsang, Lau, "Structured Bayesian compression for deep neural networks based on the
 Turbo-VBI approach", IEEE TSP 71 (2023), arXiv 2302.10483 (docs/baselines.md §C; notebook
-06_sparse_bnn_zoo). A three-layer prior per weight i — support s_i ∈ {0, 1} → precision ρ_i →
-weight w_i — whose support prior is an MRF over each layer's (out × in) weight grid, so that active
+06_sparse_bnn_zoo). A three-layer prior per weight i — support s_i ∈ {0, 1} → precision γ_i →
+weight θ_i — whose support prior is an MRF over each layer's (out × in) weight grid, so that active
 weights cluster and whole rows/columns (neurons) die:
 
-    p(w_i | ρ_i) = N(0, 1/ρ_i),
-    p(ρ_i | s_i) = Gamma(a, b) if s_i = 1 (slab) else Gamma(ā, b̄) (spike),
-    p(s) ∝ Π_{grid neighbours u→v} ψ(s_u, s_v),  ψ(1, ·) = (p11, 1 − p11), ψ(0, ·) = (p01, 1 − p01)
-    (ψ(s_u, s_v) read as [[p11, 1−p11], [p01, 1−p01]] indexed by (1 − s_u, 1 − s_v); u is the upper
+    p(θ_i | γ_i) = N(0, 1/γ_i),
+    p(γ_i | s_i) = Gamma(a, b) if s_i = 1 (slab) else Gamma(ā, b̄) (spike),
+    p(s) ∝ Π_{grid neighbours u→v} Ψ(s_u, s_v),  Ψ(1, ·) = (p11, 1 − p11), Ψ(0, ·) = (p01, 1 − p01)
+    (Ψ(s_u, s_v) read as [[p11, 1−p11], [p01, 1−p01]] indexed by (1 − s_u, 1 − s_v); u is the upper
     or left neighbour of v; attractive when p11 > p01).
 
-Module A (variational Bayes given the support prior π), q(w, ρ, s) = Π q(w_i) q(ρ_i) q(s_i):
-- w-step: mean-field q(w_i) = N(μ_i, σ_i²) (``MeanFieldLinear``) trained by gradient steps on
-  CE_mean + κ·Σ_i KL(N(μ_i, σ_i²) ‖ N(0, 1/E[ρ_i])) / N, with the closed form
-  KL_i = ½[E[ρ_i](μ_i² + σ_i²) − 1 − ln(E[ρ_i]·σ_i²)]  (:func:`kl_to_precision`);
-- ρ-step: q(ρ_i) = Gamma(ã_i, b̃_i), ã = π̃a + (1−π̃)ā + ½, b̃ = π̃b + (1−π̃)b̄ + ½E[w²], E[w²] = μ² + σ²;
-- s-step: π̃ = C1/(C1 + C0), C1 = π·bᵃ/Γ(a)·exp((a−1)E[ln ρ] − bE[ρ]), C0 = (1−π)·b̄^ā/Γ(ā)·
-  exp((ā−1)E[ln ρ] − b̄E[ρ]), E[ρ] = ã/b̃, E[ln ρ] = ψ(ã) − ln b̃ (computed as log-odds).
+Module A (variational Bayes given the support prior π), q(θ, γ, s) = Π q(θ_i) q(γ_i) q(s_i):
+- θ-step: mean-field q(θ_i) = N(μ_i, σ_i²) (``MeanFieldLinear``) trained by gradient steps on
+  CE_mean + κ·Σ_i KL(N(μ_i, σ_i²) ‖ N(0, 1/𝔼[γ_i])) / N, with the closed form
+  KL_i = ½[𝔼[γ_i](μ_i² + σ_i²) − 1 − ln(𝔼[γ_i]·σ_i²)]  (:func:`kl_to_precision`);
+- γ-step: q(γ_i) = Gamma(ã_i, b̃_i), ã = π̃a + (1−π̃)ā + ½, b̃ = π̃b + (1−π̃)b̄ + ½𝔼[θ²], 𝔼[θ²] = μ² + σ²;
+- s-step: π̃ = Z₁/(Z₁ + Z₀), Z₁ = π·bᵃ/Γ(a)·exp((a−1)𝔼[ln γ] − b𝔼[γ]), Z₀ = (1−π)·b̄^ā/Γ(ā)·
+  exp((ā−1)𝔼[ln γ] − b̄𝔼[γ]), 𝔼[γ] = ã/b̃, 𝔼[ln γ] = ψ(ã) − ln b̃ (ψ: digamma); in log-odds.
 Module B: loopy sum-product message passing on the 4-neighbour grid, fed by the extrinsic message
 ν = π̃(1−π)/(π + (1−2π)π̃) (= the evidence of module A alone), returns the new prior π_i = the product
 of the messages that reach s_i from its neighbours.
 
-Schedule (documented choice): one epoch of w-steps, then ``turbo_iters`` rounds of
-(ρ-step, s-step, module B) and a last s-step; the support estimate π̃ ≥ ½ becomes the layer's
+Schedule (documented choice): one epoch of θ-steps, then ``turbo_iters`` rounds of
+(γ-step, s-step, module B) and a last s-step; the support estimate π̃ ≥ ½ becomes the layer's
 ``mask`` from epoch ``mask_from_epoch`` on (θ = 0 exactly where the mask is off). The history
 records how much π̃ still changes; at the end μ is zeroed where the mask is off.
 The KL sums over all weights, masked ones included: they relax to their prior, so a pruned
-weight returns only if π̃ (through E[w²] and the MRF) rises again.
+weight returns only if π̃ (through 𝔼[θ²] and the MRF) rises again.
 ``message_passing=False`` is the ablation: π stays ½ (plain spike-and-slab ARD).
 
 Departures from the paper / authors' code, and why:
-- Hyper-parameters. With one weight per precision, q(ρ) is dominated by the mixture in (ã, b̃): for
+- Hyper-parameters. With one weight per precision, q(γ) is dominated by the mixture in (ã, b̃): for
   the paper-style (a, b) = (1, 1), (ā, b̄) = (1, 0.01) every weight's π̃ converges to ≈0.95 from
-  π̃ = ½, whatever its size, because b̃ ≥ π̃·b caps b·E[ρ] ≤ ã/π̃. Equal rates b = b̄ and a larger spike
-  shape ā > a make the s-step a monotone test on E[w²] (spike when |w| ≲ 0.01 for the defaults
+  π̃ = ½, whatever its size, because b̃ ≥ π̃·b caps b·𝔼[γ] ≤ ã/π̃. Equal rates b = b̄ and a larger spike
+  shape ā > a make the s-step a monotone test on 𝔼[θ²] (spike when |θ| ≲ 0.01 for the defaults
   a = 1, ā = 3, b = b̄ = 1e-4, tuned for the MNIST MLP).
 - The grid of a conv weight (o, i, kh, kw) is (o, i·kh·kw); the asymmetric potential is oriented
   from the upper/left neighbour to the lower/right one. Messages are damped (log-odds averaging).
 - Tempering: the method sets κ = ``cfg.kl_scale`` = 0.1 by default (its registry record; a
   ``kl_scale`` you set wins). The paper trains on 60,000 images; on the 4,000-image subset the
-  ARD-like prior (E[ρ] ≈ 3/E[w²] for a slab weight) makes κ·KL/N swamp the data term at κ = 1
+  ARD-like prior (𝔼[γ] ≈ 3/𝔼[θ²] for a slab weight) makes κ·KL/N swamp the data term at κ = 1
   (val accuracy ≈ 0.75 after 15 epochs).
 - MRF defaults p11 = 0.5, p01 = 0.1 (attractive, biased to 0). A symmetric (0.7, 0.3) field is past
-  the Bethe ordering point (coupling ¼·ln(ψ11ψ00/ψ10ψ01) = 0.42 > 0.35) and locked the support on
+  the Bethe ordering point (coupling ¼·ln(Ψ11Ψ00/Ψ10Ψ01) = 0.42 > 0.35) and locked the support on
   (density 0.81). Measured here (784-300-100-10, 30 epochs, seed 0, test accuracy / density /
   blocks per layer): no message passing 0.912 / 0.0136 / (1215, 1316, 57); (0.6, 0.3) 0.914 /
   0.0144 / (1164, 1239, 7); (0.5, 0.1) 0.914 / 0.0134 / (1008, 1104, 6).
 - π̃ of a few weights still flips between epochs after 30 epochs (≈100 mask flips per epoch of
   ~266k), so the loop runs ``cfg.epochs`` epochs rather than to a fixed point; the history says.
 - Small scale: the MLP of ``cfg.hidden`` (the paper's MNIST net is 784-300-100-10) on the embedded
-  MNIST subset; Adam on (μ, ρ_σ, biases) with ``cfg.lr``; no best-epoch restore (the final support
+  MNIST subset; Adam on (μ, ρ, biases) with ``cfg.lr``; no best-epoch restore (the final support
   is the method's answer). FLOPs count only the weight layers (costs.py); the closed-form steps
   and message passing are not counted.
 Measured with the defaults (784-300-100-10, 30 epochs, 4,000 images, seed 0, one CPU thread,
@@ -88,12 +88,12 @@ class TurboVBIOptions:
     b: float = 1e-4  # slab Gamma rate
     a_bar: float = 3.0  # spike Gamma shape
     b_bar: float = 1e-4  # spike Gamma rate
-    p11: float = 0.5  # ψ(1, 1)
-    p01: float = 0.1  # ψ(0, 1)
+    p11: float = 0.5  # Ψ(1, 1)
+    p01: float = 0.1  # Ψ(0, 1)
     message_passing: bool = True  # False: π fixed at ½ (ablation)
     bp_iters: int = 10  # loopy sum-product sweeps per module-B call
     bp_damping: float = 0.5  # new log-odds = damping·old + (1 − damping)·update
-    turbo_iters: int = 2  # (ρ, s, B) rounds after each epoch of w-steps
+    turbo_iters: int = 2  # (γ, s, B) rounds after each epoch of θ-steps
     mask_from_epoch: int = 3  # π̃ ≥ ½ becomes the mask from this epoch on
 
     def __post_init__(self) -> None:
@@ -115,24 +115,24 @@ class TurboVBIOptions:
 
 # ------------------------------------------------------------------- module A, closed forms
 def kl_to_precision(mu: Tensor, sigma: Tensor, precision: Tensor) -> Tensor:
-    """KL(N(μ, σ²) ‖ N(0, 1/λ)) = ½[λ(μ² + σ²) − 1 − ln(λσ²)], elementwise."""
+    """KL(N(μ, σ²) ‖ N(0, 1/γ)) = ½[γ(μ² + σ²) − 1 − ln(γσ²)], elementwise."""
     return 0.5 * (precision * (mu**2 + sigma**2) - 1.0 - torch.log(precision * sigma**2))
 
 
 def precision_posterior(pi_tilde: Tensor, ew2: Tensor,
                         opts: TurboVBIOptions) -> tuple[Tensor, Tensor]:
-    """ρ-step: ã = π̃a + (1−π̃)ā + ½, b̃ = π̃b + (1−π̃)b̄ + ½E[w²]."""
+    """γ-step: ã = π̃a + (1−π̃)ā + ½, b̃ = π̃b + (1−π̃)b̄ + ½𝔼[θ²]."""
     a_tilde = pi_tilde * opts.a + (1 - pi_tilde) * opts.a_bar + 0.5
     b_tilde = pi_tilde * opts.b + (1 - pi_tilde) * opts.b_bar + 0.5 * ew2
     return a_tilde, b_tilde
 
 
 def support_evidence(a_tilde: Tensor, b_tilde: Tensor, opts: TurboVBIOptions) -> Tensor:
-    """ln(C1/π) − ln(C0/(1−π)): the log-odds that module A alone gives for s_i = 1."""
+    """ln(Z₁/π) − ln(Z₀/(1−π)): the log-odds that module A alone gives for s_i = 1."""
     e_rho = a_tilde / b_tilde
     e_log_rho = torch.digamma(a_tilde) - torch.log(b_tilde)
 
-    def log_c(shape: float, rate: float) -> Tensor:  # E_q[ln Gamma(ρ; shape, rate)]
+    def log_c(shape: float, rate: float) -> Tensor:  # 𝔼_q[ln Gamma(γ; shape, rate)]
         return shape * math.log(rate) - math.lgamma(shape) + (shape - 1) * e_log_rho - rate * e_rho
 
     return log_c(opts.a, opts.b) - log_c(opts.a_bar, opts.b_bar)
@@ -140,7 +140,7 @@ def support_evidence(a_tilde: Tensor, b_tilde: Tensor, opts: TurboVBIOptions) ->
 
 def support_posterior(pi: Tensor, a_tilde: Tensor, b_tilde: Tensor,
                       opts: TurboVBIOptions) -> Tensor:
-    """s-step: π̃ = C1/(C1 + C0) = sigmoid(logit π + evidence), in log space."""
+    """s-step: π̃ = Z₁/(Z₁ + Z₀) = sigmoid(logit π + evidence), in log space."""
     logit_pi = torch.logit(pi.clamp(1e-12, 1 - 1e-12))
     return torch.sigmoid(logit_pi + support_evidence(a_tilde, b_tilde, opts))
 
@@ -152,8 +152,8 @@ def extrinsic_message(pi_tilde: Tensor, pi: Tensor) -> Tensor:
 
 # ----------------------------------------------------------------------------- module B
 def _edge_message(cavity: Tensor, p11: float, p01: float, forward: bool) -> Tensor:
-    """Log-odds of Σ_{s_u} ψ(s_u, s_v)·h(s_u) (forward: sender u above/left of v) or of
-    Σ_{s_v} ψ(s_u, s_v)·h(s_v) (backward), with h given by the sender's cavity log-odds."""
+    """Log-odds of Σ_{s_u} Ψ(s_u, s_v)·h(s_u) (forward: sender u above/left of v) or of
+    Σ_{s_v} Ψ(s_u, s_v)·h(s_v) (backward), with h given by the sender's cavity log-odds."""
     l1, l0 = -F.softplus(-cavity), -F.softplus(cavity)  # ln h(1), ln h(0) (logsigmoid is slow)
     if forward:  # message to s_v: (1) p11·h1 + p01·h0, (0) (1−p11)·h1 + (1−p01)·h0
         m1 = torch.logaddexp(l1 + math.log(p11), l0 + math.log(p01))
@@ -189,8 +189,8 @@ def mrf_prior(evidence: Tensor, p11: float, p01: float, n_iters: int = 20,
 # ----------------------------------------------------------------------------- the model
 class TurboVBINet(nn.Module):
     """A mean-field net plus, per mean-field layer k, the buffers ``pi_k`` (prior π from module B),
-    ``pi_tilde_k`` (q(s = 1)), ``a_tilde_k`` and ``b_tilde_k`` (q(ρ) = Gamma(ã, b̃)), all shaped like
-    the weight. ρ here is the precision, not the layer's σ-parameter ``rho``."""
+    ``pi_tilde_k`` (q(s = 1)), ``a_tilde_k`` and ``b_tilde_k`` (q(γ) = Gamma(ã, b̃)), all shaped like
+    the weight. γ is the precision; ρ (``rho``) stays the layer's σ-parameter."""
 
     def __init__(self, net: nn.Module, opts: TurboVBIOptions, input_shape: tuple[int, ...]) -> None:
         super().__init__()
@@ -216,12 +216,12 @@ def _grid(t: Tensor) -> Tensor:
 
 @torch.no_grad()
 def turbo_round(model: TurboVBINet) -> float:
-    """``turbo_iters`` × (ρ-step, s-step, module B), then a last s-step; returns max |Δπ̃|."""
+    """``turbo_iters`` × (γ-step, s-step, module B), then a last s-step; returns max |Δπ̃|."""
     opts, change = model.opts, 0.0
     for k, (_, layer) in enumerate(model.layers()):
         st = model.state_of(k)
         before = st["pi_tilde"].clone()
-        ew2 = layer.mu**2 + layer.sigma**2  # E[w²]
+        ew2 = layer.mu**2 + layer.sigma**2  # 𝔼[θ²]
         for _ in range(opts.turbo_iters):
             a_t, b_t = precision_posterior(st["pi_tilde"], ew2, opts)
             st["a_tilde"].copy_(a_t), st["b_tilde"].copy_(b_t)
@@ -257,13 +257,13 @@ def build(cfg: TrainConfig, data: DataSplits, generator: torch.Generator) -> nn.
     opts = METHOD.parse_options(cfg.method_options)
     net = build_model(cfg, data.input_shape, data.n_classes, generator)
     model = TurboVBINet(net, opts, data.input_shape)
-    turbo_round(model)  # q(ρ) and π̃ from the initial weights, so the first w-step has E[ρ]
+    turbo_round(model)  # q(γ) and π̃ from the initial weights, so the first θ-step has 𝔼[γ]
     return model
 
 
 def stages(model: nn.Module, data: DataSplits, cfg: TrainConfig, **_: Any) -> list[Stage]:
-    """One stage: each epoch of w-steps (CE + κ·Σ KL/N, masked forward) is followed by a turbo
-    round (module A ρ/s-steps ↔ module B); from ``mask_from_epoch`` on π̃ ≥ ½ is the mask.
+    """One stage: each epoch of θ-steps (CE + κ·Σ KL/N, masked forward) is followed by a turbo
+    round (module A γ/s-steps ↔ module B); from ``mask_from_epoch`` on π̃ ≥ ½ is the mask.
 
     Extra history columns: pi_tilde_change (max |Δπ̃| over the epoch's round), support_flips
     (mask entries that changed). No best-epoch restore: the final support is the answer.

@@ -2,18 +2,19 @@
 Sharing for Bayesian Neural Networks", AISTATS 2025, arXiv 2505.17856); docs/baselines.md §B,
 notebook 06_sparse_bnn_zoo.
 
-Idea: every weight i of a mean-field BNN is a 2-D point x_i = (μ_i, σ_i). Most points are covered by
-K 2-D Gaussians; a weight of cluster k takes, in each forward pass, the first coordinate of ONE draw
+Idea: every weight i of a mean-field BNN is a 2-D point (μ_i, σ_i). Most points are covered by
+G 2-D Gaussians; a weight of cluster k takes, in each forward pass, the first coordinate of ONE draw
 u_k ~ N(c_k, Σ_k), Σ_k = L_k L_kᵀ, shared by the whole cluster. Pipeline (our stage names):
  0. train the deterministic net (MAP, ``pretrain_epochs``);
  1. make it Bayesian with μ from it and learn σ with the data term only (κ = 0, μ lr tiny);
- 1b. k-means (k-means++ seeding, Lloyd) on the standardised points (μ, σ), K = ``n_clusters``;
- 2. outliers: |μ| ≥ τ_w, or the top ``outlier_grad_fraction`` of |∂CE/∂μ| over the training set,
+ 1b. k-means (k-means++ seeding, Lloyd) on the standardised points (μ, σ), G = ``n_clusters``;
+ 2. outliers: |μ| ≥ μ_out, or the top ``outlier_grad_fraction`` of |∂CE/∂μ| over the training set,
     or members of a cluster with ≤ ``min_cluster_size`` inliers. Each remaining cluster gets the
-    Gaussian (c_k, Σ_k) of its inliers. Inliers with Mahalanobis d² > 5.991 (outside the 95 %
-    ellipse, χ²₂) are "ellipse points": w_i = α c_{a,1} + (1 − α) c_{b,1} for their two most
-    probable clusters a, b (responsibilities r_k ∝ π_k N(x_i; c_k, Σ_k), α = r_a/(r_a + r_b));
- 3. VI over the cluster Gaussians q(u_k) = N(c_k, L_k L_kᵀ) and the outliers q(w_o) = N(μ_o, σ_o²),
+    Gaussian (c_k, Σ_k) of its inliers. Inliers with Mahalanobis d_M² > 5.991 (outside the 95 %
+    ellipse, χ²₂) are "ellipse points": θ_i = r̄_i c_{k₁,1} + (1 − r̄_i) c_{k₂,1} for their two
+    most probable clusters k₁, k₂ (responsibilities r_k ∝ w_k N((μ_i, σ_i); c_k, Σ_k), w_k the
+    cluster's share of the inliers, r̄_i = r_{k₁}/(r_{k₁} + r_{k₂}));
+ 3. VI over the cluster Gaussians q(u_k) = N(c_k, L_k L_kᵀ) and the outliers q(θ_o) = N(μ_o, σ_o²),
     priors = the stage-2 values, loss = CE_mean + β κ [Σ_k KL_k + Σ_o KL_o] / N,
         KL_k = ½[tr(Σ⁰⁻¹Σ) + (c−c⁰)ᵀΣ⁰⁻¹(c−c⁰) − 2 + log(det Σ⁰/det Σ)].
     After each epoch cluster pairs with W2² < a tiny threshold are merged (means and covariances
@@ -39,7 +40,7 @@ Departures from the authors' code, and why:
   (``merge_rel`` × the median tr Σ⁰_k) so that "tiny" does not depend on the weights' scale.
 The codebook (k-means, partition, KL, W2, merging) lives in ``ssvi_lite.methods.codebook``.
 - The net is the kit's MLP (``cfg.hidden``; the paper's small nets are 784-300-100-10 and CNNs),
-  K ≈ 128 (paper ≈ 256), a few epochs per stage; merges rebuild the Adam state.
+  G ≈ 128 (paper ≈ 256), a few epochs per stage; merges rebuild the Adam state.
 - The stages are stages of the kit's one epoch loop (``map``, ``noise``, ``shared``), so a run can
   be checkpointed and resumed in any of them.
 - The whole net is in ``sample`` mode (one draw per forward pass shared by the batch): shared draws
@@ -77,7 +78,7 @@ class WeightSharingOptions:
 
     pretrain_epochs: stage 0, deterministic (MAP) epochs.  noise_epochs: stage 1 epochs.
     noise_sigma_init, noise_mu_lr, noise_rho_lr: stage 1's σ start and Adam rates (μ tiny).
-    n_clusters, kmeans_iters: stage 1b.  outlier_abs_mu (τ_w), outlier_grad_fraction,
+    n_clusters, kmeans_iters: stage 1b.  outlier_abs_mu (μ_out), outlier_grad_fraction,
     min_cluster_size: stage 2.  merge_rel: merge pairs with W2² < merge_rel × the median tr Σ⁰_k
     of the stage-2 clusters (a scale-free "tiny").  lr: stage 3 (None: cfg.lr).
     """
@@ -304,7 +305,7 @@ def report(model: nn.Module, notes: dict[str, Any] | None = None
     """Counts, trainable-parameter ratio and storage vs mean-field (2 float32 per weight).
 
     Biases are left out of both sides. Stored bytes: a 16-bit code per weight (2 B), each cluster's
-    (c, L) = 5 floats, each outlier's (μ, σ), and per ellipse point a second code and α (6 B).
+    (c, L) = 5 floats, each outlier's (μ, σ), and per ellipse point a second code and r̄ (6 B).
     ``model_size_bytes`` (the common column) is the stored bytes plus the float32 biases and other
     parameters of the net. The method does not prune: density = 1.
     """
