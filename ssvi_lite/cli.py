@@ -23,8 +23,9 @@ from typing import Any
 import pandas as pd
 
 from . import guards
-from .config import add_config_flags, make_config, overrides_from_flags, run_id
+from .config import make_config, run_id
 from .fileio import check_output_path, publish, staging, temporary, write_json
+from .flags import add_config_flags, overrides_from_flags
 
 DELEGATED = {  # subcommand -> module offering add_arguments(parser) and main(args)
     "sweep": "ssvi_lite.sweep",

@@ -22,7 +22,8 @@ from typing import Any
 
 import pandas as pd
 
-from .config import TrainConfig, add_config_flags
+from .config import TrainConfig
+from .flags import add_config_flags
 from .methods import NAMES, REGISTRY
 from .report import paper_table
 from .sweep import (

@@ -34,15 +34,9 @@ from typing import Any
 import pandas as pd
 
 from . import engine, jobs
-from .config import (
-    NOT_IN_RUN_ID,
-    TrainConfig,
-    add_config_flags,
-    make_config,
-    overrides_from_flags,
-    run_id,
-)
+from .config import NOT_IN_RUN_ID, TrainConfig, make_config, run_id
 from .fileio import atomic_path, check_output_path, write_json, write_text
+from .flags import add_config_flags, overrides_from_flags
 from .guards import non_negative_int, positive_float, positive_int
 from .jobs import CLUSTERS, Cluster, SweepBusyError
 from .methods import REGISTRY

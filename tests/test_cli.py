@@ -132,7 +132,7 @@ def test_corrupt_data_file_names_the_file(tmp_path) -> None:
 
 
 def test_method_options_are_read_as_json_where_they_are_json() -> None:
-    from ssvi_lite.config import parse_method_options
+    from ssvi_lite.flags import parse_method_options
 
     assert parse_method_options(["n_cycles=4", "temperature=null", "lr_max=0.25", "name=snr_abs",
                                  "flag=true", "sizes=[1, 2]"]) == {

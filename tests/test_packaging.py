@@ -14,8 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # Each module may import only modules listed before it (the README's "Architecture" section).
 ORDER = ["fileio", "exercise", "guards", "criteria", "config", "fetch", "datafiles", "datacache",
          "data", "metrics", "layers", "models", "subspace", "distributed", "costs", "convergence",
-         "predict", "checkpoint", "loop", "methods", "train", "experiment", "jobs", "engine",
-         "sweep", "report", "plots", "compare", "demo", "widgets", "cli", "__main__", "__init__"]
+         "predict", "checkpoint", "loop", "methods", "flags", "train", "experiment", "jobs",
+         "engine", "sweep", "report", "plots", "compare", "demo", "widgets", "cli", "__main__",
+         "__init__"]
 # The one import that runs upwards: config looks the method up in the registry, inside its
 # functions, to validate method names and options and to apply a method's defaults.
 LAZY_UPWARD = {("config", "methods")}
