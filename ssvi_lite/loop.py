@@ -41,7 +41,8 @@ from .subspace import model_density
 
 class Stepper:
     """Hooks around one optimiser step t (counted from 0 within the stage); override what you need.
-    ``begin`` runs before the forward pass and says whether t is an update step (for FLOPs),
+    ``begin`` runs before the forward pass and says whether t pays the update step's FLOPs (a
+    dense gradient pass),
     ``replace`` runs after the backward pass and returns True if it did the step itself (the
     optimiser then does not step), ``end`` runs after the step."""
 

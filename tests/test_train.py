@@ -170,3 +170,19 @@ def test_threads_small_models_train_on_one_and_the_count_comes_back(data) -> Non
     cfg = _cfg(method="vi", density=1.0, epochs=1)
     fit(prepare_model(cfg, data, seed_everything(0)), data, cfg)
     assert torch.get_num_threads() == 2  # restored after training
+
+
+def test_random_addition_pays_no_dense_gradient_pass(data) -> None:
+    """Only gradient addition needs ∂CE/∂μ of the inactive weights: its update steps cost
+    2 f_sparse + f_dense; random addition's cost 3 f_sparse like any other step."""
+    from ssvi_lite.costs import forward_flops, layer_costs
+
+    ratios = {}
+    for addition in ("grad", "random"):
+        cfg = _cfg(method="ssvi", density=0.2, addition=addition)
+        model = prepare_model(cfg, data, seed_everything(0))
+        history = fit(model, data, cfg)
+        f_sparse = forward_flops(layer_costs(model, data.input_shape), 1)
+        ratios[addition] = history["train_flops"].iloc[-1] / (3 * f_sparse * data.n_train * 2)
+    assert ratios["random"] == pytest.approx(1.0)
+    assert ratios["grad"] > 1.05  # the update steps' dense passes

@@ -77,9 +77,11 @@ class SubspaceStepper(MaskStepper):
         self.on_update = on_update
 
     def begin(self, t: int, optimizer: torch.optim.Optimizer) -> bool:
-        update = self.schedule.is_update_step(t)
-        capture_dense_grads(self.layers, update)
-        return update
+        """Capture the dense gradients on update steps, if the addition score needs them (only
+        ``grad`` does: random addition costs no dense pass, docs/method.md §8)."""
+        dense = self.schedule.is_update_step(t) and self.addition == "grad"
+        capture_dense_grads(self.layers, dense)
+        return dense
 
     def replace(self, t: int, optimizer: torch.optim.Optimizer) -> bool:
         if not self.schedule.is_update_step(t):
