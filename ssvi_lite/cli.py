@@ -144,10 +144,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = guards.OneLineParser(prog="python -m ssvi_lite",
-                                  description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+def _add_demo(sub: Any) -> None:
     demo = sub.add_parser("demo", help="MAP vs dense VI vs SSVI vs static mask on embedded MNIST")
     demo.add_argument("--json", help="where to write the results (default OUT/demo.json)")
     demo.add_argument("--out", default="runs/demo", help="folder for the figures and results")
@@ -163,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--overwrite", action="store_true",
                       help="replace figures and JSON that other runs wrote")
     demo.set_defaults(func=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = guards.OneLineParser(prog="python -m ssvi_lite",
+                                  description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_demo(sub)
 
     tr = sub.add_parser("train", help="train and evaluate one configuration")
     add_config_flags(tr)  # one flag per TrainConfig field, default: the preset's value
