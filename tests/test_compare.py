@@ -72,6 +72,9 @@ def test_figures_place_density_free_methods_at_the_density_they_reach(tmp_path) 
             for s in (0, 1) for m, d, t, r in (("vi", 1.0, 1.0, 1.0), ("ssvi", 0.1, 0.1, 0.105),
                                                 ("ssvi", 0.05, 0.05, 0.055),
                                                 ("svd", 0.37 + s / 100, 1.0, 1.0))]
+    drawn = compare.at_mean_density(pd.DataFrame(rows))
+    assert drawn.loc[drawn.method == "svd", "density"].tolist() == pytest.approx([0.375] * 2)
+    assert drawn.loc[drawn.method == "ssvi", "density"].tolist() == [0.1, 0.05, 0.1, 0.05]
     paths = compare.make_figures(pd.DataFrame(rows), tmp_path)
     assert [p.name for p in paths] == ["accuracy_vs_density.png", "nll_vs_density.png",
                                        "ece_vs_density.png", "accuracy_vs_flops.png"]
