@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 
 import pandas as pd
 import pytest
@@ -137,7 +138,8 @@ def test_tiny_tuned_comparison_selects_on_validation_records_the_winner_and_resu
         final = table.loc[method]
         assert final["setting"] == best["setting"] and final["tuning_trials"] == 4
         assert final["tuning_val_nll"] == pytest.approx(best["val_nll"])
-        assert f"kl_scale={final['kl_scale']:g}" in final["setting"]  # the winner is what ran
+        ran = json.loads((tmp_path / "runs" / f"{final['run_id']}.json").read_text())["config"]
+        assert f"kl_scale={ran['kl_scale']:g}" in final["setting"]  # the winner is what ran
     assert {"val_nll", "val_accuracy", "val_ece"} <= set(table.columns)
     assert len(collect(tmp_path)) == 2  # report leaves the trials (tuning/) out
     assert len(collect(tmp_path / "tuning")) == 8
