@@ -55,6 +55,15 @@ def evaluate_model(model: nn.Module, data: DataSplits, predict: Any, n_samples: 
     return result
 
 
+def validation_metrics(model: nn.Module, data: DataSplits, predict: Any, n_samples: int,
+                       seed: int = 0) -> dict[str, float]:
+    """Accuracy, NLL and ECE on the validation split of the model a run returns, with the same
+    predictive as its test metrics: the numbers a selection may look at (``compare --tune``)."""
+    torch.manual_seed(seed)
+    val = metrics.summarize(predict(model, data.x_val, n_samples), data.y_val.cpu())
+    return {"val_accuracy": val["accuracy"], "val_nll": val["nll"], "val_ece": val["ece"]}
+
+
 def _ood_scores(name: str, probs_in: Any, probs_out: Any) -> dict[str, float]:
     """AUROC/AUPR of telling the test set from OOD set ``name`` by predictive entropy and, with
     K > 1 posterior samples, by mutual information (epistemic uncertainty), plus the mean MI on
@@ -93,6 +102,7 @@ def run(cfg: TrainConfig, *, data: DataSplits | None = None, checkpoint: str | P
     with cpu_threads(cfg, model):
         result = evaluate_model(model, data, method.predict_proba, cfg.n_eval_samples, with_ood,
                                 cfg.seed)
+        val = validation_metrics(model, data, method.predict_proba, cfg.n_eval_samples, cfg.seed)
     costs = layer_costs(model, data.input_shape)
     train_flops = float(history["train_flops"].iloc[-1])
     dense_vi = dense_vi_training_flops(costs, cfg.epochs * data.n_train)
@@ -101,7 +111,7 @@ def run(cfg: TrainConfig, *, data: DataSplits | None = None, checkpoint: str | P
         "method": cfg.method, "dataset": cfg.dataset, "model": cfg.model,
         "density": model_density(model), "target_density": cfg.density,
         "removal": cfg.removal, "addition": cfg.addition,
-        **{k: result[k] for k in ("accuracy", "nll", "ece", "brier")},
+        **{k: result[k] for k in ("accuracy", "nll", "ece", "brier")}, **val,
         "n_samples": int(result.get("n_samples", cfg.n_eval_samples)),
         "epochs": cfg.epochs, "train_flops": train_flops,
         "train_flops_ratio": train_flops / dense_vi,

@@ -35,6 +35,7 @@ from .fileio import atomic_path, check_output_path
 from .methods import NAMES
 from .sweep import DENSITY_FREE, USES_REMOVAL, config_from_dict
 
+TUNING_DIR = "tuning"  # compare --tune's trials: OUT/tuning/runs/*.json, not results of OUT
 GROUP_KEYS = ("dataset", "model", "label", "target_density")  # shown with each configuration
 LEGACY_KEYS = ("method", "dataset", "model", "target_density", "removal", "addition", "epochs",
                "n_train")  # what identifies a row that carries no config
@@ -55,13 +56,15 @@ def collect(path: str | Path) -> pd.DataFrame:
     A results row is a JSON object with at least ``method`` and ``accuracy`` (a file may hold a
     list of them, like ``demo --json``); other JSON files (sweep configs) are ignored, and nested
     values are dropped. Each run counts once (see the module's docstring); the dropped rows are
-    listed in ``df.attrs["dropped"]`` as (file, file kept instead).
+    listed in ``df.attrs["dropped"]`` as (file, file kept instead). Files under a ``tuning``
+    folder below ``path`` (``compare --tune``'s trials) are skipped.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: give a folder of run results or a .json")
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*.json")
-                                                 if not p.name.startswith("."))
+    files = [path] if path.is_file() else sorted(
+        p for p in path.rglob("*.json") if not p.name.startswith(".")
+        and TUNING_DIR not in p.relative_to(path).parts[:-1])
     rows = [_flat(row, file) for file in files for row in _rows_in(file)]
     if not rows:
         raise ValueError(f"no run results under {path}: expected *.json files holding objects "

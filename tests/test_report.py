@@ -116,3 +116,12 @@ def test_cli_prints_table_and_writes_csv(results_dir, tmp_path, capsys) -> None:
     assert "| ssvi (snr_abs)" in text and "15 equal-width bins" in text
     csv = pd.read_csv(out)
     assert {"accuracy_mean", "accuracy_std", "n_seeds"} <= set(csv.columns) and len(csv) == 4
+
+
+def test_collect_leaves_compare_tuning_trials_out_unless_asked(results_dir) -> None:
+    trials = results_dir / "sweep" / "tuning" / "runs"
+    trials.mkdir(parents=True)
+    row = {"run_id": "vi-trial", "status": "ok", **_row("vi", 1.0, 100, 0.5)}
+    (trials / "vi-trial.json").write_text(json.dumps(row))
+    assert "vi-trial" not in set(collect(results_dir)["run_id"].dropna())  # selection runs
+    assert list(collect(results_dir / "sweep" / "tuning")["run_id"]) == ["vi-trial"]
