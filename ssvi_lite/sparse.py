@@ -301,15 +301,16 @@ class SparseMeanFieldLinear(nn.Module):
         self.register_buffer("cols", cols)
         # default μ: Kaiming normal of the dense fan-in, as MeanFieldLinear before its mask
         if mu is None:
-            mu = torch.randn(n) * math.sqrt(2.0 / in_features)
+            mu = torch.randn(n, device=mask.device) * math.sqrt(2.0 / in_features)
         if rho is None:
-            rho = torch.full((n,), float(softplus_inverse(torch.tensor(sigma_init))))
+            rho = torch.full((n,), float(softplus_inverse(torch.tensor(sigma_init))),
+                             device=mask.device)
         if mu.shape != (n,) or rho.shape != (n,):
             raise ValueError(f"mu and rho must have shape ({n},) (the mask's active count), got "
                              f"{tuple(mu.shape)} and {tuple(rho.shape)}")
         self.mu = nn.Parameter(mu.detach().clone())
         self.rho = nn.Parameter(rho.detach().clone())
-        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        self.bias = nn.Parameter(torch.zeros(out_features, device=mask.device)) if bias else None
         self.prior_sigma = float(prior_sigma)
         self.mode = "lrt"
         self.sparse = n < mask.numel()
