@@ -38,15 +38,21 @@ from torch import Tensor, nn  # noqa: E402
 
 from ssvi_lite.fileio import write_text  # noqa: E402
 from ssvi_lite.layers import LRT_EPS, MeanFieldLinear  # noqa: E402
-from ssvi_lite.sparse import SparseMeanFieldLinear, SparseStructure, sparse_lrt_linear  # noqa: E402
+from ssvi_lite.sparse import (  # noqa: E402
+    SparseMeanFieldLinear,
+    SparseStructure,
+    sparse_lrt_linear,
+    spmm,
+)
 
 SHAPES = ((400, 784), (1200, 784), (1200, 1200), (4096, 4096))  # (out, in)
 DENSITIES = (0.1, 0.05, 0.02)
 K_SAMPLES = 10
-CHOSEN = ("x Wᵀ: torch.sparse.mm(CSR int32 of W, xᵀ) with xᵀ (in, B) contiguous; "
-          "g W: torch.sparse.mm(CSR int32 of Wᵀ, gᵀ); active ∂W: torch.sparse.sampled_addmm("
-          "W's pattern, gᵀ, x) with gᵀ and xᵀ contiguous; slot ↔ CSR order by index_select; "
-          "mean and variance paths as separate products; LRT noise drawn (out, B)")
+CHOSEN = ("x Wᵀ: torch.sparse.mm(CSR of W, xᵀ, reduce='sum') with xᵀ (in, B) contiguous; "
+          "g W: the same with a CSR of Wᵀ and gᵀ (out, B) contiguous; active ∂W: "
+          "torch.sparse.sampled_addmm(W's int32 CSR pattern, gᵀ, x) with gᵀ and xᵀ contiguous; "
+          "slot ↔ CSR order by index_select; mean and variance paths as separate products; "
+          "LRT noise drawn (out, B)")
 
 
 # ----------------------------------------------------------------------------- timing
@@ -119,16 +125,18 @@ def kernel_rows(out: int, inp: int, density: float, batch: int, rounds: int,
     groups = {
         "x Wᵀ (forward)": {
             "dense x @ Wᵀ": lambda: x @ w.t(),
-            "CSR int32, xᵀ contiguous (chosen)": lambda: torch.sparse.mm(w32, x_t),
-            "CSR int32, xᵀ a strided view": lambda: torch.sparse.mm(w32, x.t()),
-            "CSR int64, xᵀ a strided view": lambda: torch.sparse.mm(w64, x.t()),
+            "CSR, reduce='sum', xᵀ contiguous (chosen)": lambda: spmm(w32, x_t),
+            "CSR int32 (MKL), xᵀ contiguous": lambda: torch.sparse.mm(w32, x_t),
+            "CSR int32 (MKL), xᵀ a strided view": lambda: torch.sparse.mm(w32, x.t()),
+            "CSR int64 (MKL), xᵀ a strided view": lambda: torch.sparse.mm(w64, x.t()),
             "COO, xᵀ contiguous": lambda: torch.sparse.mm(coo, x_t),
             "dense @ CSR of Wᵀ: mm(x, Wᵀ)": lambda: torch.mm(x, wt32),
         },
         "g W (input gradient)": {
             "dense g @ W": lambda: g @ w,
-            "CSR int32 of Wᵀ, gᵀ contiguous (chosen)": lambda: torch.sparse.mm(wt32, g_t),
-            "CSR int32 of Wᵀ, gᵀ a strided view": lambda: torch.sparse.mm(wt32, g.t()),
+            "CSR of Wᵀ, reduce='sum', gᵀ contiguous (chosen)": lambda: spmm(wt32, g_t),
+            "CSR int32 of Wᵀ (MKL), gᵀ contiguous": lambda: torch.sparse.mm(wt32, g_t),
+            "CSR int32 of Wᵀ (MKL), gᵀ a strided view": lambda: torch.sparse.mm(wt32, g.t()),
             "CSC view W.t() of W's CSR": lambda: torch.sparse.mm(w32.t(), g_t),
             "dense @ CSR: mm(g, W)": lambda: torch.mm(g, w32),
         },
@@ -165,9 +173,8 @@ class _BlockDiagonalLRT(torch.autograd.Function):
         xx[:inp].copy_(x.t())
         torch.mul(xx[:inp], xx[:inp], out=xx[inp:])
         vals = torch.cat([mu, var]).index_select(0, bd["perm2"])
-        r = torch.sparse.mm(torch.sparse_csr_tensor(bd["crow"], bd["col"], vals,
-                                                    (2 * out, 2 * inp), check_invariants=False),
-                            xx)
+        r = spmm(torch.sparse_csr_tensor(bd["crow"], bd["col"], vals, (2 * out, 2 * inp),
+                                         check_invariants=False), xx)
         mean_t = r[:out].add_(bias.unsqueeze(1))
         sd_t = r[out:].add_(LRT_EPS).sqrt_()
         ctx.bd = bd
@@ -184,9 +191,8 @@ class _BlockDiagonalLRT(torch.autograd.Function):
         torch.mul(gg[:out], eps_t, out=gg[out:])
         gg[out:].div_(sd_t).mul_(0.5)
         vt = torch.cat([mu, var]).index_select(0, bd["perm_t2"])
-        r = torch.sparse.mm(torch.sparse_csr_tensor(bd["crow_t"], bd["col_t"], vt,
-                                                    (2 * inp, 2 * out), check_invariants=False),
-                            gg)
+        r = spmm(torch.sparse_csr_tensor(bd["crow_t"], bd["col_t"], vt, (2 * inp, 2 * out),
+                                         check_invariants=False), gg)
         gx = r[inp:].mul_(2.0 * xx[:inp]).add_(r[:inp]).t()
         pattern = torch.sparse_csr_tensor(bd["crow"], bd["col"], bd["zeros"], (2 * out, 2 * inp),
                                           check_invariants=False)
