@@ -239,20 +239,22 @@ class _SparseLRTLinear(torch.autograd.Function):
             mean_t.add_(bias.unsqueeze(1))
         sd_t = spmm(st.w(var), x2_t).add_(LRT_EPS).sqrt_()
         eps_t = eps.t()
+        out_t = torch.addcmul(mean_t, sd_t, eps_t)
+        dvar_t = sd_t.reciprocal_().mul_(eps_t).mul_(0.5)  # ∂out/∂var = ε / (2 sd), in sd's place
         ctx.st, ctx.sink, ctx.has_bias = st, sink, bias is not None
-        ctx.save_for_backward(x_t, x2_t, mu, var, sd_t, eps_t)
-        return torch.addcmul(mean_t, sd_t, eps_t).t()
+        ctx.save_for_backward(x_t, x2_t, mu, var, dvar_t)
+        return out_t.t()
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        x_t, x2_t, mu, var, sd_t, eps_t = ctx.saved_tensors
+        x_t, x2_t, mu, var, dvar_t = ctx.saved_tensors
         st = ctx.st
         g_t = _feature_major(grad)  # ∂L/∂mean
-        gv_t = g_t * eps_t / (2.0 * sd_t)  # ∂L/∂var = g·ε / (2 sd)
+        gv_t = g_t * dvar_t  # ∂L/∂var
         gx = gmu = gvar = gb = None
-        if ctx.needs_input_grad[0]:
-            gx_t = spmm(st.w_t(var), gv_t).mul_(2.0 * x_t)
-            gx = gx_t.add_(spmm(st.w_t(mu), g_t)).t()
+        if ctx.needs_input_grad[0]:  # Wμᵀ-path + 2x ⊙ Wvᵀ-path
+            gx = torch.addcmul(spmm(st.w_t(mu), g_t), spmm(st.w_t(var), gv_t), x_t,
+                               value=2.0).t()
         if ctx.needs_input_grad[1]:
             gmu = st.sampled_grad(g_t, x_t)
         if ctx.needs_input_grad[2]:
