@@ -120,8 +120,10 @@ def kernel_rows(out: int, inp: int, density: float, batch: int, rounds: int,
     x_t, g_t = x.t().contiguous(), g.t().contiguous()  # feature-major
     rows, cols = mask.nonzero(as_tuple=True)
     zeros = torch.zeros(int(mask.sum()))  # sampled_addmm reads the mask's values (β = 0)
-    pattern = torch.sparse_csr_tensor(w32.crow_indices(), w32.col_indices(), zeros, w.shape)
-    pattern64 = torch.sparse_csr_tensor(w64.crow_indices(), w64.col_indices(), zeros, w.shape)
+    pattern = torch.sparse_csr_tensor(w32.crow_indices(), w32.col_indices(), zeros, w.shape,
+                                      check_invariants=False)
+    pattern64 = torch.sparse_csr_tensor(w64.crow_indices(), w64.col_indices(), zeros, w.shape,
+                                        check_invariants=False)
     groups = {
         "x Wᵀ (forward)": {
             "dense x @ Wᵀ": lambda: x @ w.t(),

@@ -45,7 +45,7 @@ from .config import FORWARD_MODES
 from .layers import LRT_EPS, MeanFieldLinear, softplus_inverse
 
 __all__ = ["SparseStructure", "SparseMeanFieldLinear", "sparse_lrt_linear", "sparse_linear", "spmm",
-           "reset_slot_state"]
+           "decide_swap", "reset_slot_state"]
 
 _INT32_MAX = 2**31 - 1
 
@@ -508,6 +508,31 @@ class SparseMeanFieldLinear(nn.Module):
         if optimizer is not None:
             reset_slot_state(optimizer, self, freed)
         return freed
+
+
+def decide_swap(layer: SparseMeanFieldLinear, n_swap: int, removal: str, addition: str
+                ) -> tuple[Tensor, Tensor]:
+    """(keep, added) bool (out, in) masks for :meth:`SparseMeanFieldLinear.swap`: the decision
+    :func:`ssvi_lite.subspace.swap_layer` takes for the masked twin, entry for entry.
+
+    Scores are taken over the active entries in row-major (= CSR) order, as the masked layer
+    does, so ties and the ``random`` scores' draws land on the same entries. Changes nothing.
+    """
+    from .criteria import addition_score, removal_score, top_k_mask
+
+    if layer.dense_grad is None and addition == "grad":
+        raise RuntimeError("the 'grad' addition score needs the dense gradient of this batch; "
+                           "set capture_dense_grad and run backward first")
+    st = layer.structure
+    with torch.no_grad():
+        active = st.dense_mask()
+        scores = torch.full(st.shape, -math.inf, dtype=layer.mu.dtype, device=layer.mu.device)
+        scores[active] = removal_score(removal, st.csr_values(layer.mu),
+                                       st.csr_values(layer.sigma))
+        keep = top_k_mask(scores, layer.n_active - n_swap, allowed=active)
+        grad = layer.dense_grad if layer.dense_grad is not None else torch.zeros_like(scores)
+        added = top_k_mask(addition_score(addition, grad), n_swap, allowed=~keep)
+    return keep, added
 
 
 def reset_slot_state(optimizer: torch.optim.Optimizer, layer: SparseMeanFieldLinear,

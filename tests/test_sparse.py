@@ -10,7 +10,12 @@ import torch
 import torch.nn.functional as F
 
 from ssvi_lite.layers import MeanFieldLinear
-from ssvi_lite.sparse import SparseMeanFieldLinear, SparseStructure, reset_slot_state
+from ssvi_lite.sparse import (
+    SparseMeanFieldLinear,
+    SparseStructure,
+    decide_swap,
+    reset_slot_state,
+)
 from ssvi_lite.subspace import apply_swap, swap_layer
 
 DTYPES = [torch.float32, torch.float64]
@@ -215,6 +220,9 @@ def test_swap_matches_apply_swap_and_reports_the_changed_slots(density, generato
         opt.step()  # fill Adam's state
     n_swap = math.floor(0.4 * sparse.n_active)
     keep, added = swap_layer(masked, n_swap, "snr_abs", "grad")
+    sparse.dense_grad = masked.dense_grad
+    keep_s, added_s = decide_swap(sparse, n_swap, "snr_abs", "grad")
+    assert torch.equal(keep_s, keep) and torch.equal(added_s, added)
     old = masked.mask.clone()
     st_old = sparse.structure
     slot_of = {(int(r), int(c)): k for k, (r, c) in enumerate(zip(st_old.rows, st_old.cols))}
@@ -363,3 +371,23 @@ def test_mode_errors_and_kl_of_no_weights(generator) -> None:
     assert layer.n_active == 2 and layer.n_weights == 6 and layer.sparse
     with pytest.raises(ValueError, match="shape"):
         SparseMeanFieldLinear(3, 2, torch.ones(3, 2, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("removal,addition", [("magnitude", "grad"), ("random", "random")])
+def test_decide_swap_takes_the_masked_layers_decision(removal, addition, generator) -> None:
+    masked = _masked(8, 9, _mask("0.4", 8, 9, generator), torch.float32, generator)
+    with torch.no_grad():  # ties everywhere: the tie-break must follow row-major order
+        masked.mu.copy_(masked.mu.sign() * masked.mask)
+    sparse = SparseMeanFieldLinear.from_masked(masked)
+    _shuffle_slots(sparse, generator)
+    grad = torch.randn(8, 9, generator=generator).round()
+    masked.dense_grad, sparse.dense_grad = grad, grad
+    n_swap = sparse.n_active // 3
+    torch.manual_seed(7)
+    expected = swap_layer(masked, n_swap, removal, addition)
+    torch.manual_seed(7)
+    got = decide_swap(sparse, n_swap, removal, addition)
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
+    sparse.dense_grad = None
+    with pytest.raises(RuntimeError, match="dense gradient"):
+        decide_swap(sparse, n_swap, removal, "grad")
