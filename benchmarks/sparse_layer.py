@@ -1,11 +1,14 @@
 """Sparse Linear layer (ssvi_lite.sparse) vs the masked dense one, measured side by side.
 
-    python benchmarks/sparse_layer.py [--threads 2] [--rounds 11] [--batch 128] [--out FILE]
+    python benchmarks/sparse_layer.py [--threads 2] [--rounds 11] [--batch 128] [--clock wall|cpu]
+                                      [--sections kernels,layer,network] [--out FILE]
 
 Everything runs in one process; in each round the masked and the sparse variant run back to back
 (their order alternating between rounds) and the reported ratio is the median over rounds of
 sparse time / masked time of the same round, so that drifts in machine load hit both alike.
-Absolute times are printed too but are noisy on a shared machine.
+Absolute times are printed too but are noisy on a shared machine. There, ``--threads 1 --clock cpu``
+times each call by the CPU time of the (single) thread, which preemption by other processes does
+not inflate: the cost of the work itself, not of the wait.
 
 1. kernels: each candidate kernel for the three products of a sparse Linear (x Wᵀ, g W and the
    gradient of W's active entries) on one weight, relative to the dense product it replaces, plus
@@ -56,6 +59,9 @@ CHOSEN = ("x Wᵀ: torch.sparse.mm(CSR of W, xᵀ, reduce='sum') with xᵀ (in, 
 
 
 # ----------------------------------------------------------------------------- timing
+CLOCK = time.perf_counter  # or time.thread_time (--clock cpu, one thread)
+
+
 def paired(fns: dict[str, Callable[[], object]], rounds: int, base: str
            ) -> dict[str, tuple[float, float, float]]:
     """{name: (median seconds, median over rounds of time / time of ``base`` in that round,
@@ -67,9 +73,9 @@ def paired(fns: dict[str, Callable[[], object]], rounds: int, base: str
     times: dict[str, list[float]] = {k: [] for k in names}
     for r in range(rounds):
         for k in (names if r % 2 == 0 else names[::-1]):
-            start = time.perf_counter()
+            start = CLOCK()
             fns[k]()
-            times[k].append(time.perf_counter() - start)
+            times[k].append(CLOCK() - start)
     return {k: (statistics.median(v), statistics.median(a / b for a, b in zip(v, times[base])),
                 min(v) / min(times[base])) for k, v in times.items()}
 
@@ -378,8 +384,15 @@ def main() -> int:
                         help="comma-separated subset of kernels, layer, network")
     parser.add_argument("--shapes", default=",".join(f"{o}x{i}" for o, i in SHAPES),
                         help="weight shapes OUTxIN of the layer section, comma-separated")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall time, or the thread's CPU time (only with --threads 1)")
     parser.add_argument("--out", help="also write the report here")
     args = parser.parse_args()
+    if args.clock == "cpu":
+        if args.threads != 1:
+            parser.error("--clock cpu measures one thread's CPU time: use it with --threads 1")
+        global CLOCK
+        CLOCK = time.thread_time
     torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
@@ -389,6 +402,7 @@ def main() -> int:
              f"machine: {cpu_name()}, {os.cpu_count()} logical CPUs, {platform.system()}; "
              f"torch {torch.__version__} (MKL {torch.backends.mkl.is_available()}), "
              f"threads {args.threads}; batch {args.batch}; {args.rounds} rounds, interleaved; "
+             f"clock: {'wall time' if args.clock == 'wall' else 'CPU time of the thread'}; "
              "ratio = median over rounds of sparse / masked time in the same round "
              "(in brackets: best sparse time / best masked time); ms = median times",
              f"chosen kernels: {CHOSEN}", ""]

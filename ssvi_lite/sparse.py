@@ -22,15 +22,19 @@ Pieces:
 Kernels (chosen by measurement on a 2-core AMD EPYC, torch 2.13 CPU with MKL; numbers in
 benchmarks/results/sparse_layer_cpu.txt, made by benchmarks/sparse_layer.py):
 - x Wᵀ and g W: ATen's CSR kernel ``torch.sparse.mm(csr, dense, reduce="sum")`` on W's CSR and
-  on a second CSR of Wᵀ (:func:`spmm`); it beat MKL's CSR product by 10-35%, and MKL's beat COO,
-  ``mm(dense, csr)`` and the CSC view ``W.t()`` by 2-10×;
+  on a second CSR of Wᵀ (:func:`spmm`): 0.22-0.26 of the dense product at density 0.05. MKL's CSR
+  product is level with it (±10%, 1 and 2 threads), with int64 indices or a strided operand
+  10-25% slower; COO costs 2.5×, ``mm(dense, csr)`` 7-8× and the CSC view ``W.t()`` 3.5× as
+  much. The ATen kernel is chosen as it needs neither MKL nor 32-bit indices;
 - the gradient of the active entries: ``torch.sparse.sampled_addmm`` on W's pattern with int32
-  indices (a gather/sum over the active entries is 6-20× slower than even the dense product);
+  indices: 0.17-0.24 of the dense product; a gather/sum over the active entries is 9-16× the
+  dense product;
 - a feature-major layout: activations are kept as (features, batch) contiguous and handed back as
   their transposed view, so a stack of sparse layers passes (B, F) tensors with column-major
-  strides and never copies between them (each kernel above is fastest in that layout);
-- slot ↔ CSR order by ``index_select`` (4× faster than ``values[perm]``); the mean and variance
-  paths as separate products (one block-diagonal product each way measured no faster).
+  strides and never copies between them (every kernel above is fastest in that layout);
+- slot ↔ CSR order by ``index_select`` (3× faster than ``values[perm]``); the mean and variance
+  paths as separate products (one block-diagonal product each way measured 0.96-1.01 of it:
+  not worth the concatenations).
 """
 from __future__ import annotations
 
@@ -60,10 +64,10 @@ def _csr(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> T
 
 
 def spmm(a: Tensor, b: Tensor) -> Tensor:
-    """CSR ``a`` @ dense ``b``. On the CPU through ATen's own CSR kernel (``reduce="sum"``, the
-    one PyG's message passing uses: rows of ``b`` are read contiguously and vectorised), which
-    measured 10-35% faster than MKL's (``torch.sparse.mm`` without ``reduce``); elsewhere the
-    vendor kernel (cuSPARSE)."""
+    """CSR ``a`` @ dense ``b``. On the CPU through ATen's own CSR kernel (``reduce="sum"``: rows
+    of ``b`` are read contiguously and vectorised over the batch), which measured level with
+    MKL's (``torch.sparse.mm`` without ``reduce``) and works in builds without MKL and with
+    int64 indices alike; elsewhere the vendor kernel (cuSPARSE)."""
     if a.device.type == "cpu":
         return torch.sparse.mm(a, b, reduce="sum")
     return torch.sparse.mm(a, b)
