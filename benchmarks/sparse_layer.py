@@ -421,8 +421,19 @@ def main() -> int:
         body += network_rows(args.batch, args.rounds, gen) + [""]
     load_after = os.getloadavg()
     body.append("load average (1, 5, 15 min) before: {:.2f} {:.2f} {:.2f}; after: {:.2f} {:.2f} "
-                "{:.2f} (above ~0.5 the machine was shared while this ran: absolute times are "
-                "noisy, the paired ratios less so)".format(*load_before, *load_after))
+                "{:.2f}".format(*load_before, *load_after))
+    # the 1-minute load before the run is others' alone; after it, it includes our threads
+    busy = max(load_before[0], load_after[0] - args.threads)
+    if busy > 0.5:
+        if args.threads > 1 and args.clock == "wall":
+            why = ("With more than one thread, an OpenMP region waits whenever one of its threads "
+                   "is preempted, so wall times come quantised by the scheduler (multiples of its "
+                   "time slice) and even the paired ratios are unreliable; --threads 1 --clock "
+                   "cpu measures the work itself.")
+        else:
+            why = "Absolute times are noisy; the paired ratios less so."
+        body.append(f"SHARED MACHINE: other processes kept ~{busy:.1f} of {os.cpu_count()} CPUs "
+                    f"busy. {why}")
     text = "\n".join(lines + body)
     print(body[-1])
     if args.out:
