@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import FORWARD_MODES
+from .criteria import addition_score, removal_score, top_k_mask
 from .layers import LRT_EPS, MeanFieldLinear, softplus_inverse
 
 __all__ = ["SparseStructure", "SparseMeanFieldLinear", "sparse_lrt_linear", "sparse_linear", "spmm",
@@ -84,7 +85,9 @@ class SparseStructure:
 
     def __init__(self, rows: Tensor, cols: Tensor, shape: tuple[int, int]) -> None:
         out, inp = int(shape[0]), int(shape[1])
-        rows, cols = rows.reshape(-1).long(), cols.reshape(-1).long()
+        # own copies: the layer's rows/cols buffers change in place on a swap, while a graph
+        # built before it may still hold this structure
+        rows, cols = rows.reshape(-1).long().clone(), cols.reshape(-1).long().clone()
         if rows.shape != cols.shape:
             raise ValueError(f"rows and cols differ in length: {rows.numel()} vs {cols.numel()}")
         n = rows.numel()
@@ -522,8 +525,6 @@ def decide_swap(layer: SparseMeanFieldLinear, n_swap: int, removal: str, additio
     Scores are taken over the active entries in row-major (= CSR) order, as the masked layer
     does, so ties and the ``random`` scores' draws land on the same entries. Changes nothing.
     """
-    from .criteria import addition_score, removal_score, top_k_mask
-
     if layer.dense_grad is None and addition == "grad":
         raise RuntimeError("the 'grad' addition score needs the dense gradient of this batch; "
                            "set capture_dense_grad and run backward first")
