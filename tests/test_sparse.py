@@ -12,10 +12,11 @@ import torch.nn.functional as F
 from ssvi_lite.layers import MeanFieldLinear
 from ssvi_lite.sparse import (
     SparseMeanFieldLinear,
-    SparseStructure,
     decide_swap,
+    masked_noise_stream,
     reset_slot_state,
 )
+from ssvi_lite.sparse_ops import SparseStructure
 from ssvi_lite.subspace import apply_swap, swap_layer
 
 DTYPES = [torch.float32, torch.float64]
@@ -129,18 +130,25 @@ def test_dense_gradient_is_computed_only_when_asked(generator) -> None:
     assert sparse.dense_grad is not None and sparse.dense_grad.shape == (4, 6)
 
 
-def test_seeded_lrt_noise_can_follow_the_masked_stream(generator) -> None:
+def test_seeded_noise_follows_the_masked_stream(generator) -> None:
+    """LRT noise is the masked layer's draw; sample-mode noise is too under
+    masked_noise_stream(), and otherwise only the active entries are drawn (the same law)."""
     masked = _masked(6, 5, _mask("0.5", 6, 5, generator), torch.float32, generator)
     sparse = SparseMeanFieldLinear.from_masked(masked)
-    sparse.noise_like_masked = True
+    _shuffle_slots(sparse, generator)  # the draw must not depend on the slot order
     x = torch.randn(4, 5, generator=generator)
+    for mode in ("lrt", "sample"):
+        masked.mode = sparse.mode = mode
+        torch.manual_seed(3)
+        ym = masked(x)
+        torch.manual_seed(3)
+        with masked_noise_stream():
+            torch.testing.assert_close(sparse(x), ym, **_tol(torch.float32))
     torch.manual_seed(3)
-    ym = masked(x)
+    eps = torch.randn(sparse.n_active)  # the default: active entries, row-major order
     torch.manual_seed(3)
-    torch.testing.assert_close(sparse(x), ym, **_tol(torch.float32))
-    sparse.noise_like_masked = False  # the default draws (out, B): another stream, same law
-    torch.manual_seed(3)
-    assert sparse(x).shape == ym.shape
+    torch.testing.assert_close(sparse(x), sparse(x, sparse.structure.slot_values(eps)))
+    assert not SparseMeanFieldLinear.noise_like_masked
 
 
 def test_layers_chain_in_feature_major_layout(generator) -> None:
@@ -307,10 +315,10 @@ def test_reset_slot_state_zeroes_only_those_slots() -> None:
 def test_conversions_round_trip_exactly(dtype, generator) -> None:
     mask = _mask("0.3", 7, 9, generator)
     masked = _masked(7, 9, mask, dtype, generator)
-    masked.mode, masked.sparse = "sample", True
+    masked.mode = "sample"
     sparse = SparseMeanFieldLinear.from_masked(masked)
     assert sparse.mu.dtype == dtype and sparse.bias.dtype == dtype
-    assert (sparse.mode, sparse.sparse, sparse.prior_sigma) == ("sample", True, 0.3)
+    assert (sparse.mode, sparse.prior_sigma) == ("sample", 0.3)
     # masked → sparse → masked (into a copy keeps its inactive ρ): every tensor equal
     copy = _masked(7, 9, torch.ones(7, 9, dtype=torch.bool), dtype, generator)
     copy.rho.data.copy_(masked.rho)
@@ -368,7 +376,7 @@ def test_mode_errors_and_kl_of_no_weights(generator) -> None:
     layer.mode = "bogus"
     with pytest.raises(ValueError, match="mode"):
         layer(torch.randn(2, 3))
-    assert layer.n_active == 2 and layer.n_weights == 6 and layer.sparse
+    assert layer.n_active == 2 and layer.n_weights == 6
     with pytest.raises(ValueError, match="shape"):
         SparseMeanFieldLinear(3, 2, torch.ones(3, 2, dtype=torch.bool))
 
