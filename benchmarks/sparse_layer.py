@@ -1,4 +1,5 @@
-"""Sparse Linear layer (ssvi_lite.sparse) vs the masked dense one, measured side by side.
+"""Sparse Linear layer (ssvi_lite.sparse) vs the masked dense one, measured side by side
+(whole SSVI epochs: benchmarks/sparse_speed.py).
 
     python benchmarks/sparse_layer.py [--threads 2] [--rounds 11] [--batch 128] [--clock wall|cpu]
                                       [--sections kernels,layer,network] [--out FILE]
@@ -13,7 +14,7 @@ not inflate: the cost of the work itself, not of the wait.
 1. kernels: each candidate kernel for the three products of a sparse Linear (x Wᵀ, g W and the
    gradient of W's active entries) on one weight, relative to the dense product it replaces, plus
    the layer-level alternatives (block-diagonal fusion of the LRT's mean and variance paths, the
-   layout of the LRT noise) - the measurements behind the choices in ssvi_lite/sparse.py;
+   layout of the LRT noise) - the measurements behind the choices in ssvi_lite/sparse_ops.py;
 2. layer: one LRT layer, forward + backward (grads of x, μ, ρ, bias), for 4 weight shapes at
    densities 0.1, 0.05, 0.02: SparseMeanFieldLinear vs MeanFieldLinear with a mask;
 3. inference: K = 10 sample-mode forward passes (no grad) of one layer;
@@ -41,12 +42,8 @@ from torch import Tensor, nn  # noqa: E402
 
 from ssvi_lite.fileio import write_text  # noqa: E402
 from ssvi_lite.layers import LRT_EPS, MeanFieldLinear  # noqa: E402
-from ssvi_lite.sparse import (  # noqa: E402
-    SparseMeanFieldLinear,
-    SparseStructure,
-    sparse_lrt_linear,
-    spmm,
-)
+from ssvi_lite.sparse import SparseMeanFieldLinear  # noqa: E402
+from ssvi_lite.sparse_ops import SparseStructure, sparse_lrt_linear, spmm  # noqa: E402
 
 SHAPES = ((400, 784), (1200, 784), (1200, 1200), (4096, 4096))  # (out, in)
 DENSITIES = (0.1, 0.05, 0.02)

@@ -50,6 +50,7 @@ from ssvi_lite.sparse import SparseMeanFieldLinear  # noqa: E402
 from ssvi_lite.subspace import enforce_masks  # noqa: E402
 
 CLOCK = time.perf_counter  # time.thread_time with --clock cpu
+WIDE = 1200  # wider nets: epochs of 20 steps (one subspace update each), fewer variants
 CROSS_DENSITIES = (0.8, 0.5, 0.3, 0.2)
 LAYER_SHAPES = ((10, 100), (100, 100), (100, 784), (400, 400), (1200, 1200))
 LAYER_DENSITIES = (0.8, 0.5, 0.3, 0.1)
@@ -84,11 +85,16 @@ def fmt(r: tuple[float, float, float]) -> str:
 
 
 # ----------------------------------------------------------------------------- the variants
-def variants(densities: tuple[float, ...]) -> list[tuple[str, str, float, str]]:
-    """(key, method, density, kernels): dense VI, then SSVI masked / sparse / auto per density."""
+def variants(densities: tuple[float, ...], wide: bool = False
+             ) -> list[tuple[str, str, float, str]]:
+    """(key, method, density, kernels): dense VI, then SSVI masked / sparse / auto per density;
+    for a wide net SSVI masked at the middle density only (its cost does not depend on it) and
+    no auto (the same layers as sparse)."""
     out = [("vi", "vi", 1.0, "masked")]
     for d in densities:
-        out += [(f"{k}@{d:g}", "ssvi", d, k) for k in ("masked", "sparse", "auto")]
+        kinds = ("masked", "sparse", "auto") if not wide else (
+            ("masked", "sparse") if d == densities[len(densities) // 2] else ("sparse",))
+        out += [(f"{k}@{d:g}", "ssvi", d, k) for k in kinds]
     return out
 
 
@@ -112,21 +118,32 @@ def epoch_fn(run: Run, flops: list[float]) -> Callable[[], None]:
     return epoch
 
 
+def warm_up(run: Run, batch) -> None:
+    """One untimed training step (an epoch of one batch); every variant's schedule shifts alike."""
+    data, run.data = run.data, batch
+    try:
+        train_epoch(run, _NoBar())
+    finally:
+        run.data = data
+
+
 def width_rows(data, width: int, densities: tuple[float, ...], repeats: int,
-               sections: set[str]) -> list[str]:
-    keys = variants(densities)
-    runs = {k: make_run(data, width, m, d, kern) for k, m, d, kern in keys}
+               sections: set[str], found: dict) -> list[str]:
+    wide = width > WIDE
+    runs = {k: make_run(data, width, m, d, kern) for k, m, d, kern in variants(densities, wide)}
     flops: dict[str, list[float]] = {k: [] for k in runs}
     lines: list[str] = []
     if "epoch" in sections:
-        for k, run in runs.items():  # warm-up: one epoch each, not timed
-            epoch_fn(run, flops[k])()
+        for run in runs.values():
+            warm_up(run, load_dataset("mnist5k", seed=0, n_train=128))
         t = interleaved({k: epoch_fn(runs[k], flops[k]) for k in runs}, repeats)
-        lines += epoch_table(width, densities, t, flops)
+        found[width] = {d: ratio(t[f"sparse@{d:g}"], t[f"masked@{d:g}"]) for d in densities
+                        if f"masked@{d:g}" in t}
+        lines += epoch_table(width, densities, t, flops, data.n_train)
     if "inference" in sections:
         x = data.x_val
         fns = {k: (lambda r=r: predict_proba(r.model, x, 10, "sample")) for k, r in runs.items()
-               if not k.startswith("auto")}
+               if not k.startswith("auto")}  # auto: sparse where it matters, a mix otherwise
         for f in fns.values():
             f()
         lines += inference_table(width, densities, interleaved(fns, repeats))
@@ -134,19 +151,20 @@ def width_rows(data, width: int, densities: tuple[float, ...], repeats: int,
 
 
 def epoch_table(width: int, densities: tuple[float, ...], t: dict[str, list[float]],
-                flops: dict[str, list[float]]) -> list[str]:
+                flops: dict[str, list[float]], n_train: int) -> list[str]:
     vi = t["vi"]
-    lines = [f"MLP 784-{width}-{width}-10: epoch time (s, median), ratios to dense VI "
-             f"(dense VI {statistics.median(vi):.3f} s)",
+    lines = [f"MLP 784-{width}-{width}-10, epochs of {n_train} images: epoch time (s, median), "
+             f"ratios to dense VI (dense VI {statistics.median(vi):.3f} s)",
              f"{'density':>7} {'masked s':>9} {'sparse s':>9} {'auto s':>8} {'masked/VI':>18} "
              f"{'sparse/VI':>18} {'auto/VI':>18} {'sparse/masked':>18} {'FLOPs/VI':>9}"]
     for d in densities:
-        m, s, a = (t[f"{k}@{d:g}"] for k in ("masked", "sparse", "auto"))
+        m, s, a = (t.get(f"{k}@{d:g}") for k in ("masked", "sparse", "auto"))
         f = statistics.median(flops[f"sparse@{d:g}"]) / statistics.median(flops["vi"])
-        lines.append(f"{d:>7.2f} {statistics.median(m):>9.3f} {statistics.median(s):>9.3f} "
-                     f"{statistics.median(a):>8.3f} {fmt(ratio(m, vi)):>18} "
-                     f"{fmt(ratio(s, vi)):>18} {fmt(ratio(a, vi)):>18} {fmt(ratio(s, m)):>18} "
-                     f"{f:>9.3f}")
+        cells = [f"{statistics.median(x):>{w}.3f}" if x else f"{'-':>{w}}"
+                 for x, w in ((m, 9), (s, 9), (a, 8))]
+        cells += [f"{fmt(ratio(x, y)):>18}" if x and y else f"{'-':>18}"
+                  for x, y in ((m, vi), (s, vi), (a, vi), (s, m))]
+        lines.append(f"{d:>7.2f} " + " ".join(cells) + f" {f:>9.3f}")
     return lines + [""]
 
 
@@ -158,24 +176,26 @@ def inference_table(width: int, densities: tuple[float, ...], t: dict[str, list[
              f"{'density':>7} {'masked ms':>10} {'sparse ms':>10} {'masked/VI':>18} "
              f"{'sparse/VI':>18}"]
     for d in densities:
-        m, s = t[f"masked@{d:g}"], t[f"sparse@{d:g}"]
-        lines.append(f"{d:>7.2f} {1e3 * statistics.median(m):>10.1f} "
-                     f"{1e3 * statistics.median(s):>10.1f} {fmt(ratio(m, vi)):>18} "
+        m, s = t.get(f"masked@{d:g}"), t[f"sparse@{d:g}"]
+        m_ms = f"{1e3 * statistics.median(m):>10.1f}" if m else f"{'-':>10}"
+        m_ratio = f"{fmt(ratio(m, vi)):>18}" if m else f"{'-':>18}"
+        lines.append(f"{d:>7.2f} {m_ms} {1e3 * statistics.median(s):>10.1f} {m_ratio} "
                      f"{fmt(ratio(s, vi)):>18}")
     return lines + [""]
 
 
 # ----------------------------------------------------------------------------- crossover
-def crossover_rows(data, width: int, densities: tuple[float, ...], repeats: int) -> list[str]:
-    """SSVI sparse / masked epoch time at each density; the density where it reaches 1."""
-    points = []
-    for d in sorted(set(CROSS_DENSITIES) | set(densities), reverse=True):
+def crossover_rows(data, width: int, measured: dict, repeats: int) -> list[str]:
+    """SSVI sparse / masked epoch time at each density (those of the epoch table reused); the
+    density where it reaches 1."""
+    points = dict(measured)
+    for d in sorted(set(CROSS_DENSITIES) - set(points), reverse=True):
         runs = {k: make_run(data, width, "ssvi", d, k) for k in ("masked", "sparse")}
-        fns = {k: epoch_fn(r, []) for k, r in runs.items()}
-        for f in fns.values():
-            f()
-        t = interleaved(fns, repeats)
-        points.append((d, ratio(t["sparse"], t["masked"])))
+        for run in runs.values():
+            warm_up(run, load_dataset("mnist5k", seed=0, n_train=128))
+        t = interleaved({k: epoch_fn(r, []) for k, r in runs.items()}, repeats)
+        points[d] = ratio(t["sparse"], t["masked"])
+    points = sorted(points.items(), reverse=True)
     text = ", ".join(f"{d:g}: {fmt(r)}" for d, r in points)
     return [f"MLP 784-{width}-{width}-10, SSVI sparse / masked epoch time by density: {text}",
             f"  crossover (sparse wins below): {crossing(points)}", ""]
@@ -233,7 +253,7 @@ def layer_rows(repeats: int) -> list[str]:
 
 # ----------------------------------------------------------------------------- memory
 WORKER = """
-import resource, sys
+import sys
 sys.path.insert(0, sys.argv[1])
 import torch
 from ssvi_lite.config import make_config, seed_everything
@@ -243,31 +263,40 @@ from ssvi_lite.loop import Run, train_epoch
 from ssvi_lite.methods import get_method
 width, method, density, kernels = int(sys.argv[2]), sys.argv[3], float(sys.argv[4]), sys.argv[5]
 torch.set_num_threads(int(sys.argv[6]))
-data = load_dataset("mnist5k", seed=0, n_train=21 * 128)
-rss = lambda: int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1])
-base = rss()
-cfg = make_config("kit", method=method, density=density, hidden=(width, width), kernels=kernels,
-                  progress=False)
-model = prepare_model(cfg, data, seed_everything(0))
-run = Run(model, data, cfg)
-run.enter(get_method(method).stages(model, data, cfg)[0])
+data = load_dataset("mnist5k", seed=0, n_train=3 * 128)
 class Bar:
     update = staticmethod(lambda n: None)
-train_epoch(run, Bar())
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+def train(width):
+    cfg = make_config("kit", method=method, density=density, hidden=(width, width),
+                      kernels=kernels, progress=False, update_interval=2)  # step 2 of 3: update
+    model = prepare_model(cfg, data, seed_everything(0))
+    run = Run(model, data, cfg)
+    run.enter(get_method(method).stages(model, data, cfg)[0])
+    train_epoch(run, Bar())
+def status(key):  # kB; VmHWM: this process's peak (getrusage's would include its parent's)
+    return int(next(l for l in open("/proc/self/status") if l.startswith(key)).split()[1])
+train(8)  # the same code paths on a tiny net first: libraries and kernels are paged in
+base = status("VmRSS")
+try:
+    open("/proc/self/clear_refs", "w").write("5")  # reset the peak to the present
+except OSError:
+    pass
+train(width)
+print((status("VmHWM") - base) / 1024)
 """
 
 
 def memory_rows(widths: tuple[int, ...], densities: tuple[float, ...], threads: int) -> list[str]:
     root = str(Path(__file__).resolve().parent.parent)
-    lines = ["peak resident memory of 21 training steps (MB above the process before the model)",
+    lines = ["peak resident memory of 3 training steps, the last a subspace update (MB above the "
+             "process before the model was built, after the same steps on a tiny net)",
              f"{'width':>6} {'dense VI':>9} " + " ".join(
                  f"{f'masked@{d:g}':>12} {f'sparse@{d:g}':>12}" for d in densities)]
     for width in widths:
         cells = []
         for _, method, d, kern in variants(densities):
             if kern == "auto":
-                continue
+                continue  # the same layers as sparse, or fewer
             out = subprocess.run([sys.executable, "-c", WORKER, root, str(width), method, str(d),
                                   kern, str(threads)], capture_output=True, text=True, check=True)
             cells.append(float(out.stdout.strip().splitlines()[-1]))
@@ -320,14 +349,17 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     sections, densities = set(args.sections.split(",")), tuple(args.densities)
     data = load_dataset("mnist5k", seed=0)
-    before, lines = os.getloadavg(), header(args)
+    before, lines, found = os.getloadavg(), header(args), {}
     print("\n".join(lines), flush=True)
     for width in args.widths:
-        repeats = args.repeats if width <= 1200 else max(2, args.repeats // 2)
-        lines += _show(width_rows(data, width, densities, repeats, sections))
+        wide = width > WIDE  # epochs of 20 steps (one subspace update each), fewer repeats
+        lines += _show(width_rows(load_dataset("mnist5k", seed=0, n_train=2560) if wide else data,
+                                  width, densities, max(2, args.repeats // 2) if wide
+                                  else args.repeats, sections, found))
     if "crossover" in sections:
-        for width in (w for w in args.widths if w <= 1200):
-            lines += _show(crossover_rows(data, width, densities, max(3, args.repeats // 2)))
+        for width in (w for w in args.widths if w <= WIDE):
+            lines += _show(crossover_rows(data, width, found.get(width, {}),
+                                          max(3, args.repeats // 2)))
     if "layers" in sections:
         lines += _show(layer_rows(args.repeats))
     if "memory" in sections:
