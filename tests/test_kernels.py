@@ -15,12 +15,13 @@ from ssvi_lite.checkpoint import check_config
 from ssvi_lite.checkpoint import load as load_checkpoint
 from ssvi_lite.cli import main
 from ssvi_lite.config import make_config, run_id, seed_everything
+from ssvi_lite.criteria import top_k_mask
 from ssvi_lite.data import load_dataset
 from ssvi_lite.experiment import prepare_model
 from ssvi_lite.kernels import adapt_weights, layer_choice, use_kernels
 from ssvi_lite.layers import MeanFieldLinear, mean_field_layers
 from ssvi_lite.predict import predict_proba
-from ssvi_lite.sparse import SparseMeanFieldLinear, masked_noise_stream
+from ssvi_lite.sparse import SparseMeanFieldLinear, masked_noise_stream, top_k_dense
 from ssvi_lite.train import fit
 
 TINY = dict(hidden=(32, 16), epochs=3, n_train=384, batch_size=64, update_interval=2,
@@ -219,3 +220,14 @@ def test_a_sparse_layer_runs_under_cpu_autocast() -> None:
         assert h.dtype == torch.bfloat16
         out = sparse(h)
     assert out.dtype == torch.float32 and out.shape == (3, 4)
+
+
+@pytest.mark.parametrize("k", [0, 1, 7, 30, 59])
+def test_the_fast_addition_selection_chooses_as_top_k_mask(k, generator) -> None:
+    """Ties at the k-th value go to the lower flat index; NaN falls back to top_k_mask."""
+    scores = torch.randint(0, 4, (6, 10), generator=generator).float()  # ties everywhere
+    allowed = torch.rand(6, 10, generator=generator) < 0.9
+    k = min(k, int(allowed.sum()))
+    assert torch.equal(top_k_dense(scores, k, allowed), top_k_mask(scores, k, allowed))
+    scores[0, 0] = float("nan")
+    assert torch.equal(top_k_dense(scores, k, allowed), top_k_mask(scores, k, allowed))

@@ -9,14 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ssvi_lite.criteria import top_k_mask
 from ssvi_lite.layers import MeanFieldLinear
 from ssvi_lite.sparse import (
     SparseMeanFieldLinear,
     decide_swap,
     masked_noise_stream,
     reset_slot_state,
-    top_k_dense,
 )
 from ssvi_lite.sparse_ops import SparseStructure
 from ssvi_lite.subspace import apply_swap, swap_layer
@@ -402,13 +400,3 @@ def test_decide_swap_takes_the_masked_layers_decision(removal, addition, generat
     with pytest.raises(RuntimeError, match="dense gradient"):
         decide_swap(sparse, n_swap, removal, "grad")
 
-
-@pytest.mark.parametrize("k", [0, 1, 7, 30, 59])
-def test_top_k_dense_chooses_as_top_k_mask(k, generator) -> None:
-    """Ties at the k-th value go to the lower flat index; NaN falls back to top_k_mask."""
-    scores = torch.randint(0, 4, (6, 10), generator=generator).float()  # ties everywhere
-    allowed = torch.rand(6, 10, generator=generator) < 0.9
-    k = min(k, int(allowed.sum()))
-    assert torch.equal(top_k_dense(scores, k, allowed), top_k_mask(scores, k, allowed))
-    scores[0, 0] = float("nan")
-    assert torch.equal(top_k_dense(scores, k, allowed), top_k_mask(scores, k, allowed))
