@@ -92,6 +92,15 @@ def _note(kernels: str, method: str | None, fallback: dict[str, list[str]]) -> s
     return f"kernels={kernels}: masked path for " + "; ".join(parts)
 
 
+def masked_parameter_count(model: nn.Module) -> int:
+    """The number of parameters ``model`` has on the masked path (a sparse layer counts its μ, ρ
+    as the dense tensors of its masked twin), so that choices made from the model's size (the
+    default thread count) do not depend on the kernels."""
+    stored = sum(p.numel() for p in model.parameters())
+    return stored + sum(2 * (layer.n_weights - layer.n_active) for _, layer in
+                        mean_field_layers(model) if isinstance(layer, SparseMeanFieldLinear))
+
+
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     parent, _, child = name.rpartition(".")
     if not name:

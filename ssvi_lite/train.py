@@ -22,7 +22,7 @@ from . import distributed
 from .config import TrainConfig
 from .convergence import Convergence, assess
 from .data import DataSplits
-from .kernels import use_kernels
+from .kernels import masked_parameter_count, use_kernels
 from .loop import Stage, train_stages
 from .methods import get_method
 from .methods.core import UpdateCallback
@@ -48,7 +48,7 @@ def cpu_threads(cfg: TrainConfig, model: nn.Module) -> Iterator[None]:
     course's JupyterHub or a notebook next to a widget), else torch's own count — and restore
     the previous count afterwards."""
     before = torch.get_num_threads()
-    n_weights = sum(p.numel() for p in model.parameters())
+    n_weights = masked_parameter_count(model)  # the same on the sparse path
     wanted = cfg.threads or (1 if n_weights < SMALL_MODEL else before)
     torch.set_num_threads(wanted)
     try:

@@ -18,7 +18,7 @@ from ssvi_lite.config import make_config, run_id, seed_everything
 from ssvi_lite.criteria import top_k_mask
 from ssvi_lite.data import load_dataset
 from ssvi_lite.experiment import prepare_model
-from ssvi_lite.kernels import adapt_weights, layer_choice, use_kernels
+from ssvi_lite.kernels import adapt_weights, layer_choice, masked_parameter_count, use_kernels
 from ssvi_lite.layers import MeanFieldLinear, mean_field_layers
 from ssvi_lite.predict import predict_proba
 from ssvi_lite.sparse import SparseMeanFieldLinear, masked_noise_stream, top_k_dense
@@ -161,6 +161,8 @@ def test_weights_move_between_storages_and_damaged_ones_fail_clearly(data) -> No
     for k, v in masked.state_dict().items():
         if not k.endswith("rho"):  # ρ off the support is never read
             assert torch.equal(back[k], v), k
+    # the size-based default thread count sees the same model either way
+    assert masked_parameter_count(sparse) == sum(p.numel() for p in masked.parameters())
     bad = {**masked.state_dict(), "net.1.mask": torch.ones(3)}
     with pytest.raises(ValueError, match="net.1 cannot be moved to the sparse storage"):
         adapt_weights(bad, sparse)
