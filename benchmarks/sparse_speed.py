@@ -7,8 +7,8 @@ SSVI on the sparse kernels, measured side by side in one process (docs/method.md
 
 Setting: the kit preset (Adam, batch 128, ΔT = 20, snr_abs removal, grad addition), an MLP
 784-W-W-10 on the embedded MNIST subset (3,500 training images: 28 steps an epoch, one or two of
-them subspace updates), every layer sparse at the density (SSVI ``auto`` keeps layers under
-50,000 weights masked, ssvi_lite.kernels). An epoch is the loop's training pass (forward, loss,
+them subspace updates), every layer sparse at the density (SSVI ``auto``: the sparse path at
+layer densities ≤ 0.3, ssvi_lite.kernels). An epoch is the loop's training pass (forward, loss,
 backward, optimiser step or subspace update), without validation. Each variant keeps training
 from repeat to repeat, and in each repeat every variant trains one epoch, in an order that
 alternates between repeats, so drifts in machine load hit all alike; a ratio is the median over

@@ -7,8 +7,8 @@
   the optimiser state of its active weights only and multiplies with sparse kernels. Dense
   layers, Conv2d layers, other methods and GPU runs keep the masked path; :func:`use_kernels`
   returns a one-line note naming what fell back and why.
-- ``auto``: like ``sparse``, but only for layers where the sparse step was measured to win
-  (:data:`AUTO_MAX_DENSITY`, :data:`AUTO_MIN_WEIGHTS`); the rest stay masked, without a note.
+- ``auto``: like ``sparse``, but only for layers at a density where the sparse path was measured
+  to win by a margin (:data:`AUTO_MAX_DENSITY`); denser layers stay masked, without a note.
 
 The two paths compute the same numbers up to float rounding (tests/test_kernels.py), so a
 checkpoint may be resumed with other kernels: :func:`adapt_checkpoint` and
@@ -27,12 +27,12 @@ from .config import KERNELS
 from .layers import MeanFieldLinear, mean_field_layers
 from .sparse import SparseMeanFieldLinear
 
-# auto: sparse where one layer's training step (LRT forward, backward, KL, fused Adam) measured
-# faster than the masked one by a margin, one thread, CPU time (benchmarks/sparse_speed.py
-# --section crossover): layers of ≥ 50,000 weights at density ≤ 0.5 (smaller layers are
-# dominated by per-call overheads, about level either way)
-AUTO_MAX_DENSITY = 0.5
-AUTO_MIN_WEIGHTS = 50_000
+# auto: sparse at layer densities ≤ 0.3, where benchmarks/sparse_speed.py measured (one thread,
+# CPU time; benchmarks/results/sparse_speed_cpu_1thread.txt) SSVI epochs of MLPs 784-400-400-10
+# and 784-1200-1200-10 at sparse / masked ≤ 0.71 (they break even near 0.55 and cost 1.3-1.4× at
+# 0.8), and one layer's training step at ≤ 0.70 from 78,400 weights up; layers of 1,000-10,000
+# weights measured level either way, and sparse ones chain better with their sparse neighbours
+AUTO_MAX_DENSITY = 0.3
 
 
 def layer_choice(layer: nn.Module, kernels: str, method_ok: bool = True) -> tuple[bool, str]:
@@ -49,8 +49,7 @@ def layer_choice(layer: nn.Module, kernels: str, method_ok: bool = True) -> tupl
         return False, layer.mu.device.type
     if layer.n_active == layer.n_weights:
         return False, "dense"
-    if kernels == "auto" and (layer.n_active > AUTO_MAX_DENSITY * layer.n_weights
-                              or layer.n_weights < AUTO_MIN_WEIGHTS):
+    if kernels == "auto" and layer.n_active > AUTO_MAX_DENSITY * layer.n_weights:
         return False, "auto"
     return True, ""
 
