@@ -29,9 +29,9 @@ from .sparse import SparseMeanFieldLinear
 
 # auto: sparse at layer densities ≤ 0.3, where benchmarks/sparse_speed.py measured (one thread,
 # CPU time; benchmarks/results/sparse_speed_cpu_1thread.txt) SSVI epochs of MLPs 784-400-400-10
-# and 784-1200-1200-10 at sparse / masked ≤ 0.71 (they break even near 0.55 and cost 1.3-1.4× at
-# 0.8), and one layer's training step at ≤ 0.70 from 78,400 weights up; layers of 1,000-10,000
-# weights measured level either way, and sparse ones chain better with their sparse neighbours
+# and 784-1200-1200-10 at sparse / masked ≤ 0.68 (they break even near density 0.5 and cost
+# 1.4-1.5× at 0.8), and one layer's training step at ≤ 0.75 from 78,400 weights up; layers of
+# 1,000-10,000 weights measured level either way
 AUTO_MAX_DENSITY = 0.3
 
 
