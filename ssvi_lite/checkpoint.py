@@ -31,7 +31,8 @@ from .config import TrainConfig
 from .fileio import atomic_path
 
 FORMAT = "ssvi_lite-checkpoint-v2"
-FREE_FIELDS = ("device", "progress", "data_root")  # may change on --resume
+# may change on --resume (kernels: the state is converted to the layers' storage, ssvi_lite.kernels)
+FREE_FIELDS = ("device", "progress", "data_root", "kernels")
 PROGRESS_KEYS = ("stage", "stage_epoch", "stage_step", "epoch", "step", "flops", "wall", "rows",
                  "best", "notes")
 

@@ -46,10 +46,12 @@ OPTIMIZERS = ("adam", "sgd")
 MU_INITS = ("kaiming", "normal")
 AUGMENTATIONS = ("none", "crop_flip")
 SELECTIONS = ("last", "best_val_nll", "best_val_acc")  # which epoch a run keeps
+KERNELS = ("masked", "sparse", "auto")  # how sparse mean-field layers compute (ssvi_lite.kernels)
 DATASETS = ("mnist5k", "digits", "moons", "mnist", "fashion_mnist", "cifar10", "cifar100",
             "svhn")  # ssvi_lite.data reads them
 # Fields that do not change what a run computes: left out of its run id (and config id).
-NOT_IN_RUN_ID = ("device", "progress", "data_root")
+# (kernels: the same numbers up to float rounding, tests/test_kernels.py.)
+NOT_IN_RUN_ID = ("device", "progress", "data_root", "kernels")
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -120,6 +122,9 @@ class TrainConfig:
     threads: int | None = knob(None, "torch CPU threads while training and evaluating (default: "
                                "1 for a model under a million weights, else torch's own)")
     amp: bool = knob(False, "bfloat16 autocast of the forward pass (GPU runs)")
+    kernels: str = knob("masked", "products of the sparse mean-field Linear layers of ssvi/static: "
+                        "masked dense ones, sparse kernels on the stored active weights (CPU), or "
+                        "auto (sparse where measured to win; docs/method.md §8)", choices=KERNELS)
     channels_last: bool = knob(False, "NHWC memory layout for conv nets (GPU runs)")
     progress: bool = knob(True, "show progress bars")
     preset: str = knob("kit", "the preset this config started from")
@@ -199,7 +204,7 @@ def validate(cfg: TrainConfig) -> None:
     for name, allowed in (("model", MODELS), ("mask_init", MASK_INITS), ("preset", PRESETS),
                           ("optimizer", OPTIMIZERS), ("mu_init", MU_INITS),
                           ("augment", AUGMENTATIONS), ("select", SELECTIONS),
-                          ("dataset", DATASETS)):
+                          ("dataset", DATASETS), ("kernels", KERNELS)):
         _choice(name, getattr(cfg, name), tuple(allowed))
     validate_density(cfg.density)
     if method.density != "target" and cfg.density != 1.0:

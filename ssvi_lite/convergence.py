@@ -98,7 +98,7 @@ def sigma_quantiles(model: nn.Module, max_values: int = 2**24) -> dict[str, floa
     out: dict[str, float] = {}
     qs = torch.tensor(SIGMA_QUANTILES)
     for name, layer in mean_field_layers(model):
-        sigma = layer.sigma.detach()[layer.mask].float().cpu()
+        sigma = layer.active_sigma().detach().float().cpu()
         if sigma.numel() == 0:
             continue
         sigma = sigma[::-(-sigma.numel() // max_values)]

@@ -117,7 +117,7 @@ def run(cfg: TrainConfig, *, data: DataSplits | None = None, checkpoint: str | P
         "train_flops_ratio": train_flops / dense_vi,
         "inference_flops_per_example": inference_flops(costs, cfg.n_eval_samples),
         "model_size_bytes": model_size_bytes(model)["total"],
-        "wall_time_s": wall, "seed": cfg.seed, "n_train": data.n_train,
+        "wall_time_s": wall, "kernels": cfg.kernels, "seed": cfg.seed, "n_train": data.n_train,
         **{k: v for k, v in result.items() if k not in ("accuracy", "nll", "ece", "brier",
                                                         "n_samples")},
         **_convergence_columns(history, cfg),

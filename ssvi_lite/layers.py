@@ -104,6 +104,10 @@ class _MeanFieldLayer(nn.Module):
     def n_active(self) -> int:
         return int(self.mask.sum())
 
+    def active_sigma(self) -> Tensor:
+        """σ of the active weights, a 1-D tensor (row-major order)."""
+        return self.sigma[self.mask]
+
     def kl_sum(self) -> Tensor:
         """Σ over active weights of KL(N(μ_i, σ_i²) ‖ N(0, prior_sigma²))."""
         s2 = self.prior_sigma**2

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import checkpoint, distributed, metrics
+from . import checkpoint, distributed, kernels, metrics
 from .config import SELECTIONS, TrainConfig
 from .convergence import sigma_quantiles
 from .costs import layer_costs, step_flops
@@ -140,13 +140,18 @@ class Run:
 
     def load_state_dict(self, state: dict[str, Any], stages: list[Stage]) -> None:
         """Restore a checkpoint written by :meth:`state_dict` (model first: the stage's optimiser
-        is built on the restored parameters). Its contents are checked first (ValueError)."""
+        is built on the restored parameters). Its contents are checked first (ValueError). A
+        checkpoint of the other kernels is moved to this model's storage (ssvi_lite.kernels)."""
+        saved_weights = state["model"]
+        state = kernels.adapt_checkpoint(state, self.model)
         checkpoint.load_contents(state, self.model, [s.cfg.epochs for s in stages])
         self.progress = Progress(**state["progress"])
         if self.progress.stage < len(stages) and self.progress.stage_epoch > 0:
             self.enter(stages[self.progress.stage])  # inside a stage: its optimiser's state too
-            checkpoint.check_optimizer(state["optimizer"], self.optimizer)
-            self.optimizer.load_state_dict(state["optimizer"])
+            saved = kernels.adapt_optimizer_state(state["optimizer"], self.optimizer,
+                                                  saved_weights, self.model)
+            checkpoint.check_optimizer(saved, self.optimizer)
+            self.optimizer.load_state_dict(saved)
             if self.lr_schedule is not None:
                 self.lr_schedule.load_state_dict(state["lr_schedule"])
         checkpoint.restore_rng(state["rng"], self.batch_gen)

@@ -11,6 +11,8 @@ n_swap = floor(ζ(t) · n_active) weights with ζ(t) = (α/2)(1 + cos(π t / T_e
    highest addition score (|∂CE/∂μ| of the batch, computed as if every entry were active).
 New weights start at μ = 0, ρ = mean ρ of the layer's surviving weights; a weight removed and
 re-added keeps its μ, ρ. Optimiser state of every entry whose mask changed is zeroed.
+A sparse layer (ssvi_lite.sparse, ``kernels="sparse"``) takes the same decisions on its stored
+entries and keeps its slots fixed.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from torch import Tensor, nn
 from .config import MASK_INITS, validate_density
 from .criteria import addition_score, removal_score, top_k_mask
 from .layers import MeanFieldLayer, mean_field_layers
+from .sparse import SparseMeanFieldLinear, decide_swap
 
 
 # ----------------------------------------------------------------------------- initial masks
@@ -114,10 +117,12 @@ def model_density(model: nn.Module) -> float:
 
 
 def enforce_masks(model: nn.Module) -> None:
-    """θ = 0 exactly where the mask is off: zero μ there (after an optimiser step, as a guard)."""
+    """θ = 0 exactly where the mask is off: zero μ there (after an optimiser step, as a guard).
+    A sparse layer stores no inactive entries: nothing to do."""
     with torch.no_grad():
         for _, layer in mean_field_layers(model):
-            layer.mu.masked_fill_(~layer.mask, 0.0)
+            if not isinstance(layer, SparseMeanFieldLinear):
+                layer.mu.masked_fill_(~layer.mask, 0.0)
 
 
 # ----------------------------------------------------------------------------- the schedule
@@ -182,6 +187,8 @@ class LayerSwap:
 def swap_layer(layer: MeanFieldLayer, n_swap: int, removal: str, addition: str
                ) -> tuple[Tensor, Tensor]:
     """Decide the swap of one layer: returns (kept, added) boolean masks; changes nothing."""
+    if isinstance(layer, SparseMeanFieldLinear):  # the same decision, on its stored entries
+        return decide_swap(layer, n_swap, removal, addition)
     active = layer.mask
     if layer.dense_grad is None and addition == "grad":
         raise RuntimeError("the 'grad' addition score needs the dense gradient of this batch; "
@@ -198,6 +205,10 @@ def swap_layer(layer: MeanFieldLayer, n_swap: int, removal: str, addition: str
 def apply_swap(layer: MeanFieldLayer, keep: Tensor, added: Tensor,
                optimizer: torch.optim.Optimizer | None) -> Tensor:
     """Install the new support ``keep | added`` and return the mask of entries that changed."""
+    if isinstance(layer, SparseMeanFieldLinear):  # slots stay; freed ones take grown entries
+        old = layer.mask
+        layer.swap(keep, added, optimizer)
+        return old ^ (keep | added)
     old = layer.mask.clone()
     new = keep | added
     grown = added & ~old

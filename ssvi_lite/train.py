@@ -22,6 +22,7 @@ from . import distributed
 from .config import TrainConfig
 from .convergence import Convergence, assess
 from .data import DataSplits
+from .kernels import masked_parameter_count, use_kernels
 from .loop import Stage, train_stages
 from .methods import get_method
 from .methods.core import UpdateCallback
@@ -47,7 +48,7 @@ def cpu_threads(cfg: TrainConfig, model: nn.Module) -> Iterator[None]:
     course's JupyterHub or a notebook next to a widget), else torch's own count — and restore
     the previous count afterwards."""
     before = torch.get_num_threads()
-    n_weights = sum(p.numel() for p in model.parameters())
+    n_weights = masked_parameter_count(model)  # the same on the sparse path
     wanted = cfg.threads or (1 if n_weights < SMALL_MODEL else before)
     torch.set_num_threads(wanted)
     try:
@@ -66,7 +67,10 @@ def fit(model: nn.Module, data: DataSplits, cfg: TrainConfig, *,
     kl_weight (β·κ), train_acc, val_acc, val_nll, val_ece, density, train_flops (cumulative,
     docs/method.md §8), wall_time_s, lr, and the method's own columns. Each stage ends by restoring
     its selected epoch (best validation accuracy unless the stage says "last"); selection never
-    looks at the test set. ``checkpoint`` is written atomically after every epoch; ``resume=True``
+    looks at the test set. ``cfg.kernels`` ("sparse", "auto") first gives the sparse layers of
+    ssvi/static their sparse storage, in place (re-read layers from ``model`` afterwards); layers
+    that keep the masked path are named in one warning line (ssvi_lite.kernels).
+    ``checkpoint`` is written atomically after every epoch; ``resume=True``
     continues from it exactly. ``on_update(step, swaps)`` sees every SSVI subspace update,
     ``on_epoch(row, model)`` every history row. A variational run that ends unconverged
     (``ssvi_lite.convergence``) gets a warning naming the numbers.
@@ -77,6 +81,9 @@ def fit(model: nn.Module, data: DataSplits, cfg: TrainConfig, *,
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
+    note = use_kernels(model, cfg.kernels, cfg.method, method.sparse_kernels)
+    if note:
+        warnings.warn(note, stacklevel=2)
     stages = method.stages(model, data, cfg, on_update=on_update)
     with cpu_threads(cfg, model):
         history = train_stages(model, data, cfg, stages, checkpoint_path=checkpoint,

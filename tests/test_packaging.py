@@ -13,10 +13,10 @@ import tomllib
 ROOT = Path(__file__).resolve().parents[1]
 # Each module may import only modules listed before it (the README's "Architecture" section).
 ORDER = ["fileio", "exercise", "guards", "criteria", "config", "fetch", "datafiles", "datacache",
-         "data", "metrics", "layers", "models", "subspace", "distributed", "costs", "convergence",
-         "predict", "checkpoint", "loop", "methods", "flags", "train", "experiment", "jobs",
-         "engine", "sweep", "report", "plots", "compare", "demo", "widgets", "cli", "__main__",
-         "__init__"]
+         "data", "metrics", "layers", "sparse_ops", "sparse", "models", "subspace", "kernels",
+         "distributed", "costs", "convergence", "predict", "checkpoint", "loop", "methods",
+         "flags", "train", "experiment", "jobs", "engine", "sweep", "report", "plots", "compare",
+         "demo", "widgets", "cli", "__main__", "__init__"]
 # The one import that runs upwards: config looks the method up in the registry, inside its
 # functions, to validate method names and options and to apply a method's defaults.
 LAZY_UPWARD = {("config", "methods")}

@@ -7,7 +7,8 @@ A record names the method's verbs in the order a run uses them —
     predict_proba(model, x, n_samples) -> (K, N, C)
     report(model, notes) -> dict                         its own measures for the results row
 
-— and its traits: how it treats ``cfg.density`` (``target``: it trains at that density;
+— and its traits: whether its sparse layers may run the sparse kernels (``ssvi_lite.kernels``),
+how it treats ``cfg.density`` (``target``: it trains at that density;
 ``dense``: always 1; ``own``: it reaches a density of its own), whether it uses the removal and
 addition scores, its typed options (``cfg.method_options``, a dataclass) and the config fields it
 sets by default (``defaults``: applied by :func:`ssvi_lite.config.make_config` and
@@ -45,6 +46,7 @@ class Method:
     uses_addition: bool = False
     options: type | None = None  # dataclass of cfg.method_options (None: takes no options)
     defaults: Mapping[str, Any] = field(default_factory=dict)  # config fields it sets
+    sparse_kernels: bool = False  # its sparse layers may run cfg.kernels="sparse" (kernels.py)
 
     def __post_init__(self) -> None:
         if self.density not in DENSITY_KINDS:

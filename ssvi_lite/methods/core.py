@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from ..config import TrainConfig
 from ..data import DataSplits
+from ..kernels import use_kernels
 from ..layers import kl_sum
 from ..loop import Stage, Stepper, make_optimizer
 from ..models import build_model
@@ -39,12 +40,14 @@ UpdateCallback = Callable[[int, list[LayerSwap]], None]
 
 def build(cfg: TrainConfig, data: DataSplits, generator: torch.Generator | None = None
           ) -> nn.Module:
-    """The network of ``cfg`` for ``data`` (Bayesian unless MAP); masks drawn for ssvi/static."""
+    """The network of ``cfg`` for ``data`` (Bayesian unless MAP); masks drawn for ssvi/static,
+    whose sparse layers then take the storage of ``cfg.kernels`` (``fit`` checks it again)."""
     model = build_model(cfg, data.input_shape, data.n_classes, generator)
     if cfg.method in ("ssvi", "static"):
         init_masks(model, cfg.density, cfg.mask_init, cfg.first_layer_dense, generator)
         if cfg.mu_init == "kaiming":
             rescale_to_active_fan_in(model)
+        use_kernels(model, cfg.kernels, cfg.method)
     return model
 
 
@@ -132,6 +135,7 @@ def _record(name: str, title: str, density: str, **traits: Any) -> Method:
 METHODS = (
     _record("map", "MAP", "dense"),
     _record("vi", "dense VI", "dense"),
-    _record("ssvi", "SSVI", "target", uses_removal=True, uses_addition=True),
-    _record("static", "static random mask", "target"),
+    _record("ssvi", "SSVI", "target", uses_removal=True, uses_addition=True,
+            sparse_kernels=True),
+    _record("static", "static random mask", "target", sparse_kernels=True),
 )
