@@ -40,10 +40,10 @@ N_BINS = 15
 
 
 def short_run_config(fast: bool, **changes) -> sl.TrainConfig:
-    """The notebooks' short-run setting (kit preset, Adam lr 3e-3, κ = 0.1), or a tiny one."""
-    size = (dict(epochs=1, n_train=400, hidden=(64,), n_eval_samples=2) if fast
-            else dict(epochs=10, n_eval_samples=10))
-    return sl.make_config("kit", lr=3e-3, kl_scale=0.1, progress=False, **{**size, **changes})
+    """The lessons' setting: the ``kit`` preset as it is (MLP 100-100, the plain ELBO, 60 epochs,
+    K = 10), or a tiny run for the tests."""
+    size = dict(epochs=1, n_train=400, hidden=(32,), n_eval_samples=2) if fast else {}
+    return sl.make_config("kit", progress=False, **{**size, **changes})
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
@@ -56,9 +56,8 @@ def _save(fig: plt.Figure, path: Path) -> Path:
 def fig_01_entropy_map(out: Path, fast: bool = False) -> Path:
     """Two-moons: predictive entropy of a MAP net and a dense VI net of the same size."""
     moons = sl.load_dataset("moons", seed=0)
-    cfg = sl.make_config("kit", method="vi", density=1.0, dataset="moons", hidden=(32, 32),
-                         epochs=2 if fast else 60, batch_size=256, lr=1e-2, prior_sigma=1.0,
-                         sigma_init=0.05, kl_scale=1.0, progress=False)
+    cfg = sl.make_config("kit", method="vi", dataset="moons", batch_size=512, progress=False,
+                         **({"epochs": 2} if fast else {}))  # lesson 01's two-moons setting
     fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.4))
     for ax, method in zip(axes, ("map", "vi")):
         net = sl.run(cfg.replace(method=method), data=moons, with_ood=False).model
@@ -72,8 +71,8 @@ def fig_01_entropy_map(out: Path, fast: bool = False) -> Path:
 
 def fig_02_masks(out: Path, fast: bool = False) -> Path:
     """Per-layer density of uniform / ERK / first-layer-dense masks at D = 0.1, and two masks."""
-    hidden = (64, 64) if fast else (400, 400)
-    cfg = sl.make_config("kit", method="ssvi", density=0.1, hidden=hidden)
+    cfg = sl.make_config("kit", method="ssvi", density=0.1, **({"hidden": (64, 64)} if fast else {}))
+    hidden = cfg.hidden
     gen = sl.seed_everything(0)
     inits = {"uniform": {}, "erk": {"method": "erk"},
              "first-layer-dense": {"first_layer_dense": True}}
@@ -111,8 +110,8 @@ def fig_03_score_plane(out: Path, fast: bool = False) -> Path:
 
 def fig_04_swap_schedule(out: Path, fast: bool = False) -> Path:
     """ζ(t) of the schedule against what one SSVI run swapped, and how much of it was re-grown."""
-    cfg = short_run_config(fast, method="ssvi", density=0.1, epochs=2 if fast else 8,
-                           update_interval=2 if fast else 20)
+    cfg = short_run_config(fast, method="ssvi", density=0.1, epochs=2 if fast else 20,
+                           **({"update_interval": 2} if fast else {}))
     data = sl.load_dataset("mnist5k", seed=0, n_train=cfg.n_train)
     log: list[dict] = []
 
