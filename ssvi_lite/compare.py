@@ -29,7 +29,6 @@ validation numbers and whether it was selected), and OUT/results.csv gives each 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -42,7 +41,7 @@ from .config import FIELDS, TrainConfig, run_id
 from .fileio import atomic_path
 from .flags import add_config_flags
 from .guards import non_negative_int
-from .methods import NAMES, REGISTRY
+from .methods import NAMES, REGISTRY, Setting
 from .report import TUNING_DIR, paper_table
 from .sweep import (
     DENSITY_FREE,
@@ -58,45 +57,14 @@ DEFAULT_DENSITIES = (0.5, 0.2, 0.1, 0.05)
 DEFAULT_OUT = "runs/compare"  # not results/compare: that table is committed
 FIGURES = (("accuracy", "density"), ("nll", "density"), ("ece", "density"),
            ("accuracy", "flops"))
-Setting = Mapping[str, Any]  # config fields to override (``method_options`` are merged)
-
-
-def _grid(**axes: Sequence[Any]) -> tuple[dict[str, Any], ...]:
-    """The settings of a full grid over ``axes`` (the last axis varies fastest)."""
-    return tuple(dict(zip(axes, values)) for values in itertools.product(*axes.values()))
 
 
 # ----------------------------------------------------------------------------- the tuning budget
-# Four settings per method, over its one or two most sensitive knobs; the first setting of each is
-# the value it runs at without tuning (the kit preset's or its registry default), so ties keep it.
-# - the mean-field Gaussian family (vi, ssvi, static, posthoc, which share SSVI's loss): the KL
-#   weight κ and the prior σ_p — the two knobs that moved validation NLL most in the preset search
-#   (results/preset_search/summary.txt); the grid holds both kit presets, kit (κ 1, σ_p 0.5) and
-#   kit_tempered (κ 0.1, σ_p 0.1);
-# - map: σ_p, its only regulariser (κ·‖θ‖²/(2σ_p²N) depends on κ/σ_p² alone);
-# - em_mcmc: the peak step size η₀ (cfg.lr) of its SGD-like sampler, the knob its registry default
-#   (0.5) was tuned on; it has no KL weight (its temperature only scales a tiny noise);
-# - turbo_vbi: κ alone, from its registry default 0.1 to the plain ELBO (its hierarchical prior
-#   has no σ_p, and its Gamma hyper-parameters set the density it reaches, not the fit);
-# - svd: κ and the learning rate of log σ² (its registry default 1e-2 against the kit's 3e-2;
-#   the log-uniform prior has no scale);
-# - weight_sharing: κ of stage 3 (its KL to the stage-2 clusters) and the learning rate of its
-#   Adam stages (its stage-3 objective still moves at the kit's 3e-2).
-# Knobs that set how far a method prunes (EM-MCMC's quantiles, Turbo-VBI's Gamma rates, sparse
-# VD's threshold, 2DGBNN's G) are left at their defaults: chosen by validation NLL they would
+# Each method's four settings live in its registry record (``Method.tuning``, with the reason for
+# its knobs). Knobs that set how far a method prunes (EM-MCMC's quantiles, Turbo-VBI's Gamma rates,
+# sparse VD's threshold, 2DGBNN's G) stay at their defaults: chosen by validation NLL they would
 # simply buy accuracy with density.
-MEAN_FIELD_GRID = _grid(kl_scale=(1.0, 0.1), prior_sigma=(0.5, 0.1))
-TUNING: dict[str, tuple[dict[str, Any], ...]] = {
-    "map": _grid(prior_sigma=(0.5, 1.0, 0.2, 0.1)),
-    "vi": MEAN_FIELD_GRID,
-    "ssvi": MEAN_FIELD_GRID,
-    "static": MEAN_FIELD_GRID,
-    "em_mcmc": _grid(lr=(0.5, 1.0, 0.2, 0.1)),
-    "weight_sharing": _grid(kl_scale=(1.0, 0.1), lr=(3e-2, 3e-3)),
-    "turbo_vbi": _grid(kl_scale=(0.1, 1.0, 0.3, 0.03)),
-    "posthoc": MEAN_FIELD_GRID,
-    "svd": _grid(kl_scale=(1.0, 0.1), rho_lr=(1e-2, 3e-2)),
-}
+TUNING: dict[str, tuple[Setting, ...]] = {name: m.tuning for name, m in REGISTRY.items()}
 TUNE_SEEDS = (100,)  # their own data splits; never among the reported seeds
 
 

@@ -10,9 +10,11 @@ A record names the method's verbs in the order a run uses them —
 — and its traits: whether its sparse layers may run the sparse kernels (``ssvi_lite.kernels``),
 how it treats ``cfg.density`` (``target``: it trains at that density;
 ``dense``: always 1; ``own``: it reaches a density of its own), whether it uses the removal and
-addition scores, its typed options (``cfg.method_options``, a dataclass) and the config fields it
+addition scores, its typed options (``cfg.method_options``, a dataclass), the config fields it
 sets by default (``defaults``: applied by :func:`ssvi_lite.config.make_config` and
-``TrainConfig.replace`` wherever the caller did not set the field, and recorded in the config).
+``TrainConfig.replace`` wherever the caller did not set the field, and recorded in the config) and
+its tuning budget (``tuning``: the four settings ``compare --tune`` tries, over the method's one or
+two most sensitive knobs; the first is the setting it runs at untuned, so a tie keeps it).
 
 The method lists of the CLI, sweeps, ``compare`` and ``report`` all read :data:`REGISTRY`.
 Modules: ``core`` (map, vi, ssvi, static), ``em_mcmc``, ``weight_sharing``, ``turbo_vbi``,
@@ -21,6 +23,7 @@ Modules: ``core`` (map, vi, ssvi, static), ``em_mcmc``, ``weight_sharing``, ``tu
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -29,6 +32,17 @@ from typing import Any, TypeVar
 
 DENSITY_KINDS = ("target", "dense", "own")
 Options = TypeVar("Options")
+Setting = Mapping[str, Any]  # config fields to override (``method_options`` are merged)
+
+
+def settings_grid(**axes: tuple[Any, ...]) -> tuple[dict[str, Any], ...]:
+    """The settings of a full grid over ``axes`` (the last axis varies fastest).
+
+    >>> settings_grid(kl_scale=(1.0, 0.1), prior_sigma=(0.5,))
+    ({'kl_scale': 1.0, 'prior_sigma': 0.5}, {'kl_scale': 0.1, 'prior_sigma': 0.5})
+    """
+    return tuple(dict(zip(axes, values)) for values in itertools.product(*axes.values()))
+
 
 
 @dataclass(frozen=True)
@@ -47,6 +61,7 @@ class Method:
     options: type | None = None  # dataclass of cfg.method_options (None: takes no options)
     defaults: Mapping[str, Any] = field(default_factory=dict)  # config fields it sets
     sparse_kernels: bool = False  # its sparse layers may run cfg.kernels="sparse" (kernels.py)
+    tuning: tuple[Setting, ...] = ()  # what compare --tune tries; the first is the untuned setting
 
     def __post_init__(self) -> None:
         if self.density not in DENSITY_KINDS:

@@ -33,7 +33,7 @@ from ..subspace import (
     swappable_layers,
     update_subspace,
 )
-from . import Method
+from . import Method, settings_grid
 
 UpdateCallback = Callable[[int, list[LayerSwap]], None]
 
@@ -132,10 +132,17 @@ def _record(name: str, title: str, density: str, **traits: Any) -> Method:
     return Method(name, title, build, stages, predict_proba, report, density=density, **traits)
 
 
+# Tuning budgets (compare --tune). The mean-field Gaussian family (vi, ssvi, static, and posthoc,
+# which shares their loss): the KL weight κ and the prior σ_p, the two knobs that moved validation
+# NLL most in the preset search (results/preset_search/summary.txt); the grid holds both kit
+# presets, kit (κ 1, σ_p 0.5) and kit_tempered (κ 0.1, σ_p 0.1). MAP: σ_p, its only regulariser
+# (κ·‖θ‖²/(2σ_p²N) depends on κ/σ_p² alone).
+MEAN_FIELD_GRID = settings_grid(kl_scale=(1.0, 0.1), prior_sigma=(0.5, 0.1))
 METHODS = (
-    _record("map", "MAP", "dense"),
-    _record("vi", "dense VI", "dense"),
+    _record("map", "MAP", "dense", tuning=settings_grid(prior_sigma=(0.5, 1.0, 0.2, 0.1))),
+    _record("vi", "dense VI", "dense", tuning=MEAN_FIELD_GRID),
     _record("ssvi", "SSVI", "target", uses_removal=True, uses_addition=True,
-            sparse_kernels=True),
-    _record("static", "static random mask", "target", sparse_kernels=True),
+            sparse_kernels=True, tuning=MEAN_FIELD_GRID),
+    _record("static", "static random mask", "target", sparse_kernels=True,
+            tuning=MEAN_FIELD_GRID),
 )

@@ -53,7 +53,7 @@ from ..costs import BYTES_PER_FLOAT, forward_flops, layer_costs
 from ..data import DataSplits
 from ..loop import Run, Stage, Stepper
 from ..models import build_model
-from . import Method
+from . import Method, settings_grid
 
 
 @dataclass
@@ -397,4 +397,6 @@ def report(model: nn.Module, notes: dict[str, Any] | None = None
 
 
 METHOD = Method("em_mcmc", "EM-MCMC spike-and-slab", build, stages, predict_proba, report,
-                density="own", options=EMMCMCOptions, defaults={"lr": 0.5})
+                density="own", options=EMMCMCOptions, defaults={"lr": 0.5},
+                # the peak step size η₀ of its SGD-like sampler (it has no KL weight)
+                tuning=settings_grid(lr=(0.5, 1.0, 0.2, 0.1)))

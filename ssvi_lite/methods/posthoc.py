@@ -35,7 +35,7 @@ from ..models import build_model
 from ..predict import evaluate
 from ..subspace import enforce_masks, layer_densities, model_density
 from . import Method
-from .core import core_stage, predict_proba
+from .core import MEAN_FIELD_GRID, core_stage, predict_proba
 
 
 @dataclass(frozen=True)
@@ -132,4 +132,5 @@ def report(model: nn.Module, notes: dict[str, Any] | None = None
 
 
 METHOD = Method("posthoc", "post-hoc pruning + fine-tune", build, stages, predict_proba, report,
-                density="target", uses_removal=True, options=PosthocOptions)
+                density="target", uses_removal=True, options=PosthocOptions,
+                tuning=MEAN_FIELD_GRID)  # its loss is SSVI's: the same knobs

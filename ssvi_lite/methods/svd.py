@@ -58,7 +58,7 @@ from ..layers import MeanFieldConv2d, MeanFieldLayer, MeanFieldLinear, mean_fiel
 from ..loop import Stage
 from ..models import build_model
 from ..subspace import model_density
-from . import Method
+from . import Method, settings_grid
 from .core import core_stage, predict_proba
 
 K1, K2, K3 = 0.63576, 1.87320, 1.48695  # Molchanov et al. 2017, eq. 14
@@ -225,4 +225,6 @@ def report(model: nn.Module, notes: dict[str, Any] | None = None
 
 
 METHOD = Method("svd", "sparse variational dropout", build, stages, predict_proba, report,
-                density="own", options=SVDOptions, defaults={"rho_lr": 1e-2})
+                density="own", options=SVDOptions, defaults={"rho_lr": 1e-2},
+                # κ and the learning rate of log σ² (the log-uniform prior has no scale)
+                tuning=settings_grid(kl_scale=(1.0, 0.1), rho_lr=(1e-2, 3e-2)))

@@ -75,7 +75,7 @@ from ..layers import MeanFieldLayer, mean_field_layers
 from ..loop import Run, Stage, make_optimizer
 from ..models import build_model
 from ..predict import predict_proba as _predict_proba
-from . import Method
+from . import Method, settings_grid
 
 LOGIT_CLAMP = 30.0
 
@@ -347,4 +347,6 @@ def report(model: nn.Module, notes: dict[str, Any] | None = None
 
 
 METHOD = Method("turbo_vbi", "Turbo-VBI", build, stages, predict_proba, report, density="own",
-                options=TurboVBIOptions, defaults={"kl_scale": 0.1})
+                options=TurboVBIOptions, defaults={"kl_scale": 0.1},
+                # κ alone: the hierarchical prior has no σ_p; the Gamma rates set the density
+                tuning=settings_grid(kl_scale=(0.1, 1.0, 0.3, 0.03)))

@@ -65,7 +65,7 @@ from ..data import DataSplits, iterate_batches
 from ..layers import bayesianize, forward_mode, mean_field_layers
 from ..loop import Run, Stage, Stepper, make_optimizer
 from ..models import build_model
-from . import Method
+from . import Method, settings_grid
 from .codebook import Codebook, make_codebook
 from .core import core_stage
 
@@ -327,4 +327,6 @@ def report(model: nn.Module, notes: dict[str, Any] | None = None
 
 
 METHOD = Method("weight_sharing", "stochastic weight sharing (2DGBNN)", build, stages,
-                predict_proba, report, density="own", options=WeightSharingOptions)
+                predict_proba, report, density="own", options=WeightSharingOptions,
+                # κ of stage 3 (its KL to the stage-2 clusters), the lr of its Adam stages
+                tuning=settings_grid(kl_scale=(1.0, 0.1), lr=(3e-2, 3e-3)))
