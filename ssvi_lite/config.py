@@ -75,12 +75,13 @@ def knob(default: Any, help: str, **meta: Any) -> Any:
 
 @dataclass
 class TrainConfig:
-    """All settings of one training run. Field names follow docs/notation.md."""
+    """All settings of one training run. Field names follow docs/notation.md; a field's default is
+    the ``kit`` preset's value (``TrainConfig() == make_config("kit")``, a test holds this)."""
 
     # what to train
     method: str = knob("ssvi", "training method (ssvi_lite.methods.REGISTRY)")
     model: str = knob("mlp", "network", choices=MODELS)
-    hidden: tuple[int, ...] = knob((400, 400), "MLP hidden widths")
+    hidden: tuple[int, ...] = knob((100, 100), "MLP hidden widths")
     dataset: str = knob("mnist5k", "dataset name (ssvi_lite.data)", choices=DATASETS)
     data_root: str | None = knob(None, "folder with real dataset files (see data/README.md)")
     n_train: int | None = knob(None, "use only this many training examples (default: all)")
@@ -95,22 +96,22 @@ class TrainConfig:
     alpha: float = knob(0.3, "ζ(0), the initial swap fraction")
     t_end_fraction: float = knob(0.75, "updates stop at T_end = this × all steps")
     # the variational family and prior
-    prior_sigma: float = knob(0.1, "s, the prior's standard deviation")
+    prior_sigma: float = knob(0.5, "s, the prior's standard deviation")
     kl_scale: float = knob(1.0, "κ, the KL weight (1 = plain ELBO)")
     kl_warmup: bool = knob(False, "warm-up β(e) = min(2e/E, 1) of the KL weight")
-    sigma_init: float = knob(1e-3, "σ₀, initial posterior standard deviation")
+    sigma_init: float = knob(1e-2, "σ₀, initial posterior standard deviation")
     sigma_init_std: float = knob(0.0, "σ₀ is drawn as |N(sigma_init, sigma_init_std²)|")
     mu_init: str = knob("kaiming", "initial μ", choices=MU_INITS)
     mu_init_std: float = knob(0.01, "std of μ for mu_init=normal")
     # optimisation
-    epochs: int = knob(30, "training epochs")
+    epochs: int = knob(60, "training epochs")
     batch_size: int = knob(128, "minibatch size")
     optimizer: str = knob("adam", "optimiser", choices=OPTIMIZERS)
-    lr: float = knob(1e-3, "learning rate (μ, biases, BN; and ρ unless rho_lr is set)")
-    rho_lr: float | None = knob(None, "learning rate of ρ (default: lr)")
+    lr: float = knob(3e-2, "learning rate (μ, biases, BN; and ρ unless rho_lr is set)")
+    rho_lr: float | None = knob(3e-2, "learning rate of ρ (None: lr)")
     momentum: float = knob(0.9, "SGD momentum")
     weight_decay: float = knob(0.0, "weight decay of μ, biases and BN (never ρ)")
-    cosine_lr: bool = knob(False, "cosine learning-rate schedule over the epochs")
+    cosine_lr: bool = knob(True, "cosine learning-rate schedule over the epochs")
     # evaluation and model selection (on the validation split, never the test set)
     n_eval_samples: int = knob(10, "K, posterior samples of the predictive")
     select: str = knob("last", "the epoch a run keeps: the last one, or the best by validation "

@@ -186,3 +186,11 @@ def test_random_addition_pays_no_dense_gradient_pass(data) -> None:
         ratios[addition] = history["train_flops"].iloc[-1] / (3 * f_sparse * data.n_train * 2)
     assert ratios["random"] == pytest.approx(1.0)
     assert ratios["grad"] > 1.05  # the update steps' dense passes
+
+
+def test_a_bare_train_config_is_the_kit_preset() -> None:
+    """TrainConfig's own defaults are the kit's recipe, so code that builds a config directly gets
+    the converging preset, not an older setting."""
+    from ssvi_lite.config import TrainConfig
+
+    assert TrainConfig() == make_config("kit")
