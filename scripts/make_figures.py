@@ -71,7 +71,8 @@ def fig_01_entropy_map(out: Path, fast: bool = False) -> Path:
 
 def fig_02_masks(out: Path, fast: bool = False) -> Path:
     """Per-layer density of uniform / ERK / first-layer-dense masks at D = 0.1, and two masks."""
-    cfg = sl.make_config("kit", method="ssvi", density=0.1, **({"hidden": (64, 64)} if fast else {}))
+    small = {"hidden": (64, 64)} if fast else {}
+    cfg = sl.make_config("kit", method="ssvi", density=0.1, **small)
     hidden = cfg.hidden
     gen = sl.seed_everything(0)
     inits = {"uniform": {}, "erk": {"method": "erk"},
