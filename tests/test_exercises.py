@@ -52,7 +52,8 @@ def test_each_exercise_has_a_prompt_an_answer_region_and_a_check(path: Path) -> 
             assert "### BEGIN SOLUTION" in cell.source and "### END SOLUTION" in cell.source
         assert len(ex["checks"]) == 1, f"{path.name} exercise {number}: one check cell"
         assert re.search(rf"exercise\.check\(\s*{number}\b", ex["checks"][0].source), \
-            f"{path.name} exercise {number}: the check cell must call sl.exercise.check({number}, …)"
+            f"{path.name} exercise {number}: the check cell must call " \
+            f"sl.exercise.check({number}, …)"
 
 
 def test_the_student_versions_are_in_sync_with_the_lessons() -> None:
