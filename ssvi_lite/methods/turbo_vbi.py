@@ -40,7 +40,7 @@ Departures from the paper / authors' code, and why:
 - The grid of a conv weight (o, i, kh, kw) is (o, i·kh·kw); the asymmetric potential is oriented
   from the upper/left neighbour to the lower/right one. Messages are damped (log-odds averaging).
 - Tempering: the method sets κ = ``cfg.kl_scale`` = 0.1 by default (its registry record; a
-  ``kl_scale`` you set wins). The paper trains on 60,000 images; on the 4,000-image subset the
+  ``kl_scale`` you set wins). The paper trains on 60,000 images; on the kit's few thousand the
   ARD-like prior (𝔼[γ] ≈ 3/𝔼[θ²] for a slab weight) makes κ·KL/N swamp the data term at κ = 1
   (val accuracy ≈ 0.75 after 15 epochs).
 - MRF defaults p11 = 0.5, p01 = 0.1 (attractive, biased to 0). A symmetric (0.7, 0.3) field is past
@@ -54,7 +54,7 @@ Departures from the paper / authors' code, and why:
   MNIST subset; Adam on (μ, ρ, biases) with ``cfg.lr``; no best-epoch restore (the final support
   is the method's answer). FLOPs count only the weight layers (costs.py); the closed-form steps
   and message passing are not counted.
-Measured with the defaults (784-300-100-10, 30 epochs, 4,000 images, seed 0, one CPU thread,
+Measured before the split changed (784-300-100-10, 30 epochs, 4,000 images, seed 0, one thread,
 ≈37 s): test accuracy 0.916, density 0.0134 (compression 74×), dense-equivalent FLOPs 0.25.
 """
 from __future__ import annotations
