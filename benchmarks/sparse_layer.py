@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from machine import cpu_name  # noqa: E402  (benchmarks/machine.py; the script's folder is on sys.path)
+from machine import add_timing_arguments, clock_from, cpu_name, interleaved  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from ssvi_lite.fileio import write_text  # noqa: E402
@@ -66,13 +66,7 @@ def paired(fns: dict[str, Callable[[], object]], rounds: int, base: str
     the ratio of the best times is a check on the paired median."""
     for f in fns.values():  # warm-up
         f()
-    names = list(fns)
-    times: dict[str, list[float]] = {k: [] for k in names}
-    for r in range(rounds):
-        for k in (names if r % 2 == 0 else names[::-1]):
-            start = CLOCK()
-            fns[k]()
-            times[k].append(CLOCK() - start)
+    times = interleaved(fns, rounds, CLOCK)
     return {k: (statistics.median(v), statistics.median(a / b for a, b in zip(v, times[base])),
                 min(v) / min(times[base])) for k, v in times.items()}
 
@@ -374,22 +368,17 @@ def network_rows(batch: int, rounds: int, gen: torch.Generator) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--threads", type=int, default=2)
+    add_timing_arguments(parser)
     parser.add_argument("--rounds", type=int, default=11)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--sections", default="kernels,layer,network",
                         help="comma-separated subset of kernels, layer, network")
     parser.add_argument("--shapes", default=",".join(f"{o}x{i}" for o, i in SHAPES),
                         help="weight shapes OUTxIN of the layer section, comma-separated")
-    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                        help="wall time, or the thread's CPU time (only with --threads 1)")
     parser.add_argument("--out", help="also write the report here")
     args = parser.parse_args()
-    if args.clock == "cpu":
-        if args.threads != 1:
-            parser.error("--clock cpu measures one thread's CPU time: use it with --threads 1")
-        global CLOCK
-        CLOCK = time.thread_time
+    global CLOCK
+    CLOCK = clock_from(args, parser)
     torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)

@@ -39,7 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's package
 
 import torch  # noqa: E402
-from machine import cpu_name  # noqa: E402  (benchmarks/machine.py)
+from machine import add_timing_arguments, clock_from, cpu_name, interleaved  # noqa: E402
 
 from ssvi_lite.config import make_config, seed_everything  # noqa: E402
 from ssvi_lite.data import load_dataset  # noqa: E402
@@ -65,16 +65,9 @@ class _NoBar:
 
 
 # ----------------------------------------------------------------------------- timing
-def interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
-    """Seconds of each call, ``repeats`` rounds, the order alternating between rounds."""
-    names = list(fns)
-    times: dict[str, list[float]] = {k: [] for k in names}
-    for r in range(repeats):
-        for k in (names if r % 2 == 0 else names[::-1]):
-            start = CLOCK()
-            fns[k]()
-            times[k].append(CLOCK() - start)
-    return times
+def timed(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """Seconds of each call over ``repeats`` interleaved rounds, by this run's clock."""
+    return interleaved(fns, repeats, CLOCK)
 
 
 def ratio(a: list[float], b: list[float]) -> tuple[float, float, float]:
@@ -139,7 +132,7 @@ def width_rows(data, width: int, densities: tuple[float, ...], repeats: int,
     if "epoch" in sections:
         for run in runs.values():
             warm_up(run, load_dataset("mnist5k", seed=0, n_train=128))
-        t = interleaved({k: epoch_fn(runs[k], flops[k]) for k in runs}, repeats)
+        t = timed({k: epoch_fn(runs[k], flops[k]) for k in runs}, repeats)
         found[width] = {d: ratio(t[f"sparse@{d:g}"], t[f"masked@{d:g}"]) for d in densities
                         if f"masked@{d:g}" in t}
         lines += epoch_table(width, densities, t, flops, data.n_train)
@@ -149,7 +142,7 @@ def width_rows(data, width: int, densities: tuple[float, ...], repeats: int,
                if not k.startswith("auto")}  # auto: sparse where it matters, a mix otherwise
         for f in fns.values():
             f()
-        lines += inference_table(width, densities, interleaved(fns, repeats))
+        lines += inference_table(width, densities, timed(fns, repeats))
     return lines
 
 
@@ -196,7 +189,7 @@ def crossover_rows(data, width: int, measured: dict, repeats: int) -> list[str]:
         runs = {k: make_run(data, width, "ssvi", d, k) for k in ("masked", "sparse")}
         for run in runs.values():
             warm_up(run, load_dataset("mnist5k", seed=0, n_train=128))
-        t = interleaved({k: epoch_fn(r, []) for k, r in runs.items()}, repeats)
+        t = timed({k: epoch_fn(r, []) for k, r in runs.items()}, repeats)
         points[d] = ratio(t["sparse"], t["masked"])
     points = sorted(points.items(), reverse=True)
     text = ", ".join(f"{d:g}: {fmt(r)}" for d, r in points)
@@ -248,7 +241,7 @@ def layer_rows(repeats: int) -> list[str]:
             fns = {"m": layer_step(masked, x), "s": layer_step(sparse, x)}
             for f in fns.values():
                 f()
-            t = interleaved(fns, max(repeats, 20 if n < 10**5 else 5))
+            t = timed(fns, max(repeats, 20 if n < 10**5 else 5))
             cells.append(f"{d:g}: {fmt(ratio(t['s'], t['m']))}")
         lines.append(f"  {out:>4} × {inp:<4} ({out * inp:>9,} weights)  " + "   ".join(cells))
     return lines + [""]
@@ -340,19 +333,15 @@ def load_note(before: tuple[float, ...], after: tuple[float, ...], threads: int)
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
+    add_timing_arguments(parser)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--widths", type=int, nargs="+", default=[400, 1200, 4096])
     parser.add_argument("--densities", type=float, nargs="+", default=[0.1, 0.05, 0.02])
     parser.add_argument("--sections", default="epoch,inference,memory,crossover,layers")
     parser.add_argument("--out", help="also write the report here")
     args = parser.parse_args()
-    if args.clock == "cpu":
-        if args.threads != 1:
-            parser.error("--clock cpu measures one thread's CPU time: use it with --threads 1")
-        global CLOCK
-        CLOCK = time.thread_time
+    global CLOCK
+    CLOCK = clock_from(args, parser)
     torch.set_num_threads(args.threads)
     sections, densities = set(args.sections.split(",")), tuple(args.densities)
     data = load_dataset("mnist5k", seed=0)
