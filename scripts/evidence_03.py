@@ -21,17 +21,16 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import argparse  # noqa: E402
 import math  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import evidence_table  # noqa: E402  (scripts/evidence_table.py)
+
 import ssvi_lite as sl  # noqa: E402
 
 OUT = ROOT / "results" / "evidence" / "03_removal_scores.csv"
@@ -90,27 +89,9 @@ def one_run(removal: str, seed: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--out", type=Path, default=OUT)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    table = pd.read_csv(args.out) if args.out.is_file() else pd.DataFrame()
-    done = set(zip(table["removal"], table["seed"])) if len(table) else set()
-    todo = [(s, k) for s in args.seeds for k in KEYS if (k, s) not in done]
-    print(f"{len(done)} runs in {args.out.name}; {len(todo)} to do", flush=True)
-    start = time.perf_counter()
-    for i, (seed, key) in enumerate(todo, 1):
-        row = one_run(key, seed)
-        table = pd.concat([table, pd.DataFrame([row])], ignore_index=True)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(".csv.tmp")
-        table.sort_values(["seed", "removal"]).to_csv(tmp, index=False)
-        os.replace(tmp, args.out)
-        print(f"[{i}/{len(todo)}] seed {seed} {key:13s} acc {row['accuracy']:.3f} "
-              f"converged {row['converged']} ({time.perf_counter() - start:.0f} s)", flush=True)
-    print(f"total {time.perf_counter() - start:.0f} s")
-    return 0
+    return evidence_table.main(__doc__, OUT, "removal", KEYS, one_run,
+                               lambda row: f"{row['removal']:13s} acc {row['accuracy']:.3f} "
+                                           f"converged {row['converged']}", argv=argv)
 
 
 if __name__ == "__main__":
