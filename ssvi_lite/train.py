@@ -64,12 +64,14 @@ def fit(model: nn.Module, data: DataSplits, cfg: TrainConfig, *,
     """Train ``model`` in place with ``cfg`` and return its history, one row per epoch.
 
     Columns: epoch, step, stage, loss, nll and kl (the loss's two terms; kl unweighted),
-    kl_weight (β·κ), train_acc, val_acc, val_nll, val_ece, density, train_flops (cumulative,
+    kl_weight (β·κ), kl_per_example (kl/N), elbo, train_acc, val_acc, val_nll, val_ece, density,
+    σ quantiles per layer (``sigma_q10 <layer>``, q50, q90), train_flops (cumulative,
     docs/method.md §8), wall_time_s, lr, and the method's own columns. Each stage ends by restoring
-    its selected epoch (best validation accuracy unless the stage says "last"); selection never
-    looks at the test set. ``cfg.kernels`` ("sparse", "auto") first gives the sparse layers of
-    ssvi/static their sparse storage, in place (re-read layers from ``model`` afterwards); layers
-    that keep the masked path are named in one warning line (ssvi_lite.kernels).
+    its selected epoch (``cfg.select``: the last one, or the best by validation NLL or accuracy);
+    selection never looks at the test set. ``cfg.kernels`` ("sparse", "auto") first gives the
+    sparse layers of ssvi/static their sparse storage, in place (re-read layers from ``model``
+    afterwards); layers that keep the masked path are named in one warning line
+    (ssvi_lite.kernels).
     ``checkpoint`` is written atomically after every epoch; ``resume=True``
     continues from it exactly. ``on_update(step, swaps)`` sees every SSVI subspace update,
     ``on_epoch(row, model)`` every history row. A variational run that ends unconverged
