@@ -146,6 +146,16 @@ def width_rows(data, width: int, densities: tuple[float, ...], repeats: int,
     return lines
 
 
+def median_cell(x: list[float] | None, width: int, scale: float = 1.0, digits: int = 3) -> str:
+    """The median of ``x`` (times ``scale``) right-aligned in ``width``, or "-" if unmeasured."""
+    return f"{scale * statistics.median(x):>{width}.{digits}f}" if x else f"{'-':>{width}}"
+
+
+def ratio_cell(x: list[float] | None, y: list[float] | None) -> str:
+    """The per-round ratio x / y (median, min-max) in 18 columns, or "-" if either is missing."""
+    return f"{fmt(ratio(x, y)):>18}" if x and y else f"{'-':>18}"
+
+
 def epoch_table(width: int, densities: tuple[float, ...], t: dict[str, list[float]],
                 flops: dict[str, list[float]], n_train: int) -> list[str]:
     vi = t["vi"]
@@ -156,10 +166,8 @@ def epoch_table(width: int, densities: tuple[float, ...], t: dict[str, list[floa
     for d in densities:
         m, s, a = (t.get(f"{k}@{d:g}") for k in ("masked", "sparse", "auto"))
         f = statistics.median(flops[f"sparse@{d:g}"]) / statistics.median(flops["vi"])
-        cells = [f"{statistics.median(x):>{w}.3f}" if x else f"{'-':>{w}}"
-                 for x, w in ((m, 9), (s, 9), (a, 8))]
-        cells += [f"{fmt(ratio(x, y)):>18}" if x and y else f"{'-':>18}"
-                  for x, y in ((m, vi), (s, vi), (a, vi), (s, m))]
+        cells = [median_cell(x, w) for x, w in ((m, 9), (s, 9), (a, 8))]
+        cells += [ratio_cell(x, y) for x, y in ((m, vi), (s, vi), (a, vi), (s, m))]
         lines.append(f"{d:>7.2f} " + " ".join(cells) + f" {f:>9.3f}")
     return lines + [""]
 
@@ -173,10 +181,8 @@ def inference_table(width: int, densities: tuple[float, ...], t: dict[str, list[
              f"{'sparse/VI':>18}"]
     for d in densities:
         m, s = t.get(f"masked@{d:g}"), t[f"sparse@{d:g}"]
-        m_ms = f"{1e3 * statistics.median(m):>10.1f}" if m else f"{'-':>10}"
-        m_ratio = f"{fmt(ratio(m, vi)):>18}" if m else f"{'-':>18}"
-        lines.append(f"{d:>7.2f} {m_ms} {1e3 * statistics.median(s):>10.1f} {m_ratio} "
-                     f"{fmt(ratio(s, vi)):>18}")
+        cells = [median_cell(x, 10, 1e3, 1) for x in (m, s)] + [ratio_cell(x, vi) for x in (m, s)]
+        lines.append(f"{d:>7.2f} " + " ".join(cells))
     return lines + [""]
 
 
