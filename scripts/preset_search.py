@@ -14,13 +14,16 @@ an interrupted stage resumes; minutes measured on a shared 2-core AMD EPYC, one 
     ... --stage fastmu    # μ lr 3e-2: 60 and 120 epochs, seeds 0-2                    (3 min)
     ... --stage recheck   # prior σ neighbours at the final μ lr (OPT_FINAL), seeds 0-2 (4 min)
     ... --stage seeds     # map/vi/ssvi/static x both recipes x 3 seeds + old kit, TEST (11 min)
+    ... --stage spread [--shard 0/2]  # κ<1 x prior σ x μ lr, seeds 0-2: a tempered recipe whose
+                          # first layer learns per-weight σ (the kit's split; 14 min, 7 per shard)
     ... --stage summary   # tables -> summary.txt (printed too) and epochs.csv.gz
 
 Selection never looks at the test set: every stage before ``seeds`` computes validation metrics
 only, and the recipes ``seeds`` evaluates come from validation tables (``final_recipes``).
 Files: runs.csv (one row per run: config + final diagnostics), epochs.csv (one row per epoch of
 every run; the summary stage writes the gzipped copy epochs.csv.gz that git keeps), summary.txt.
-Always one thread (torch.set_num_threads(1)); one run at a time.
+Always one thread (torch.set_num_threads(1)); one run at a time per process (``--shard K/N`` runs
+every N-th job from the K-th, for N processes side by side; the CSVs are appended under a lock).
 """
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from filelock import FileLock
 
 import ssvi_lite as sl
 from ssvi_lite import metrics
@@ -73,14 +77,17 @@ def machine() -> str:
             f"({torch.get_num_threads()} thread), python {platform.python_version()}")
 
 
-_DATA: dict[int, sl.DataSplits] = {}
+_DATA: dict[tuple[int, bool], sl.DataSplits] = {}
+KIT_SPLIT_STAGES = ("spread",)  # stages run after the kit moved to 3,500 / 500 / 1,000
 
 
-def data_for(seed: int) -> sl.DataSplits:
-    if seed not in _DATA:
-        # the split of the search: 4,000 train / 500 val / 500 test (the kit now tests on 1,000)
-        _DATA[seed] = sl.load_dataset("mnist5k", seed=seed, test_fraction=0.1)
-    return _DATA[seed]
+def data_for(seed: int, kit_split: bool = False) -> sl.DataSplits:
+    if (seed, kit_split) not in _DATA:
+        # the split of the first stages: 4,000 train / 500 val / 500 test; later stages use the
+        # kit's own split (3,500 / 500 / 1,000), so that their validation numbers are the kit's
+        _DATA[seed, kit_split] = sl.load_dataset(
+            "mnist5k", seed=seed, **({} if kit_split else {"test_fraction": 0.1}))
+    return _DATA[seed, kit_split]
 
 
 def run_id(stage: str, method: str, over: dict, seed: int) -> str:
@@ -97,6 +104,11 @@ def done_ids() -> set[str]:
 
 
 def append_csv(path: Path, rows: list[dict]) -> None:
+    with FileLock(f"{path}.lock"):  # shards of one stage append side by side
+        _append_csv(path, rows)
+
+
+def _append_csv(path: Path, rows: list[dict]) -> None:
     frame = pd.DataFrame(rows)
     if path.exists():
         old_cols = list(pd.read_csv(path, nrows=0).columns)
@@ -194,7 +206,7 @@ def plateau(values: np.ndarray) -> dict[str, float]:
 
 def train_one(stage: str, method: str, over: dict, seed: int, test: bool) -> dict:
     """Train one configuration, record per-epoch diagnostics, return the run's summary row."""
-    data = data_for(seed)
+    data = data_for(seed, kit_split=stage in KIT_SPLIT_STAGES)
     density = over.get("density", 1.0 if method in ("vi", "map") else 0.1)
     cfg = sl.make_config("kit", method=method, seed=seed, progress=False,
                          **{**SEARCH_BASE, **over, "density": density})
@@ -232,7 +244,7 @@ def train_one(stage: str, method: str, over: dict, seed: int, test: bool) -> dic
                 snaps[key] = (score, epoch, copy.deepcopy(net.state_dict()))
 
     start, load0 = time.perf_counter(), os.getloadavg()[0]
-    sl.fit(model, data, cfg, on_epoch=on_epoch)  # cfg.select = "last": no restore
+    history = sl.fit(model, data, cfg, on_epoch=on_epoch)  # cfg.select = "last": no restore
     total = time.perf_counter() - start
     hist = pd.DataFrame(epochs)
     last = hist.iloc[-1]
@@ -254,6 +266,8 @@ def train_one(stage: str, method: str, over: dict, seed: int, test: bool) -> dic
     if bayes:
         for k, v in plateau(hist["L0_sig_q50"].to_numpy()).items():
             row[f"plateau_L0_sig_q50_{k}"] = v
+        verdict = sl.convergence.assess(history)  # the kit's own test (fit warns on it)
+        row.update(converged=verdict.converged, objective_change_per_epoch=verdict.relative_slope)
     row["best_val_acc_epoch"], row["best_val_nll_epoch"] = snaps["val_acc"][1], snaps["val_nll"][1]
     # last epoch, validation (fixed seed for the K draws)
     row.update(full_eval(model, data, "val", with_ood=False, seed=seed))
@@ -287,11 +301,12 @@ def show(row: dict) -> None:
     print(" | ".join(bits), flush=True)
 
 
-def execute(stage: str, jobs: list[tuple]) -> None:
+def execute(stage: str, jobs: list[tuple], shard: tuple[int, int] = (0, 1)) -> None:
     """Run jobs (method, overrides, seed, test) — or (stage, method, ...) to file a job under
-    another stage's name — skipping those already in runs.csv."""
+    another stage's name — skipping those already in runs.csv; ``shard`` (k, n) runs jobs k, k + n,
+    k + 2n, ... only."""
     done = done_ids()
-    for job in jobs:
+    for job in jobs[shard[0]::shard[1]]:
         name, (method, over, seed, test) = (job[0], job[1:]) if len(job) == 5 else (stage, job)
         density = over.get("density", 1.0 if method in ("vi", "map") else 0.1)
         rid = run_id(name, method, {**over, "density": density}, seed)
@@ -470,6 +485,45 @@ def stage_seeds() -> list:
     return jobs
 
 
+# The plain ELBO's first layer keeps 95 % of its weights at the prior (mean-field over-pruning:
+# hidden units switched off whole), so its σ q90/q10 is ≈ 1; so does kit_tempered as first chosen
+# (κ 0.1, σ_p 0.1). Which tempered recipes let the first layer learn per-weight σ, and at what val
+# NLL? κ < 1 x prior σ x peak μ lr (the final 3e-2, the earlier 1e-2), seeds 0-2, validation only.
+SPREAD_KAPPAS, SPREAD_PRIORS, SPREAD_LRS = (0.1, 0.03, 0.01), (0.5, 1.0, 2.0), (3e-2, 1e-2)
+SPREAD_MIN = 3.0  # "well above 1": the first layer's σ q90/q10 on every seed
+
+
+def stage_spread() -> list:
+    return [("vi", dict(OPT_FINAL, kl_scale=k, prior_sigma=ps, lr=lr), seed, False)
+            for k in SPREAD_KAPPAS for ps in SPREAD_PRIORS for lr in SPREAD_LRS for seed in SEEDS]
+
+
+def spread_table() -> pd.DataFrame:
+    """Per (κ, prior σ, μ lr) of the spread stage: validation NLL/accuracy (mean, SE over seeds),
+    how many seeds converged, and the first layer's σ q90/q10 (mean and minimum over seeds)."""
+    r = pd.read_csv(RUNS_CSV).drop_duplicates("run_id")
+    r = r[r.stage == "spread"]
+    return (r.groupby(["kl_scale", "prior_sigma", "lr"])
+            .agg(n=("val_nll", "size"), val_nll=("val_nll", "mean"),
+                 val_nll_se=("val_nll", lambda x: x.std(ddof=1) / np.sqrt(len(x))),
+                 val_acc=("val_acc", "mean"), converged=("converged", "sum"),
+                 L0_q90_q10=("last_L0_sig_q90_q10", "mean"),
+                 L0_q90_q10_min=("last_L0_sig_q90_q10", "min"),
+                 L0_at_prior=("last_L0_frac_at_prior", "mean"),
+                 L1_q90_q10=("last_L1_sig_q90_q10", "mean"))
+            .reset_index())
+
+
+def select_spread() -> dict:
+    """The tempered recipe: lowest mean val NLL among the spread stage's settings that converged on
+    every seed and whose first-layer σ q90/q10 is at least SPREAD_MIN on every seed."""
+    t = spread_table()
+    ok = t[(t.n == t.n.max()) & (t.converged == t.n) & (t.L0_q90_q10_min >= SPREAD_MIN)]
+    best = ok.loc[ok.val_nll.idxmin()]
+    return dict(OPT_FINAL, kl_scale=float(best.kl_scale), prior_sigma=float(best.prior_sigma),
+                lr=float(best.lr))
+
+
 # --------------------------------------------------------------------------- the summary
 def ms(x: pd.Series, fmt: str = ".3f") -> str:
     """mean ± standard error over seeds."""
@@ -487,7 +541,7 @@ def rho_travel(sigma0: float, target: float, lr: float, steps_per_epoch: int) ->
 
 
 def summary() -> str:
-    r = pd.read_csv(RUNS_CSV)
+    r = pd.read_csv(RUNS_CSV).drop_duplicates("run_id")  # a reproduction rerun repeats its id
     e = pd.read_csv(EPOCHS_CSV)
     spe = math.ceil(data_for(0).n_train / 128)
     lines = [f"preset_search summary — machine: {machine()}",
@@ -634,19 +688,34 @@ def summary() -> str:
             lines.append(f"    {sel:<8} [{eps}] test acc {ms(g[f'{sel}_test_acc'])} "
                          f"NLL {ms(g[f'{sel}_test_nll'])} ECE {ms(g[f'{sel}_test_ece'])} "
                          f"AUROC ent {ms(g[f'{sel}_ood_auroc_ent_mean'])}")
-    return "\n".join(lines)
+    return "\n".join(lines + [""] + spread_summary())
+
+
+def spread_summary() -> list[str]:
+    if not (pd.read_csv(RUNS_CSV).stage == "spread").any():
+        return []
+    return ["6. A TEMPERED RECIPE WHOSE FIRST LAYER LEARNS PER-WEIGHT σ (stage spread; the kit's "
+            "3,500 / 500 / 1,000 split; 100-100, σ0 1e-2, ρ lr 3e-2, cosine, 60 ep; seeds 0-2; "
+            "validation only)",
+            spread_table().to_string(index=False, float_format=lambda v: f"{v:.3f}"), "",
+            f"   rule: lowest mean val NLL among settings converged on every seed with first-layer "
+            f"σ q90/q10 ≥ {SPREAD_MIN:g} on every seed", "   chosen (kit_tempered): "
+            + json.dumps(select_spread(), default=list)]
 
 
 STAGES = {"timing": stage_timing, "coarse": stage_coarse, "prior": stage_prior, "lr": stage_lr,
           "sched": stage_sched, "grid": stage_grid, "confirm": stage_confirm, "long": stage_long,
-          "fastmu": stage_fastmu, "recheck": stage_recheck, "seeds": stage_seeds}
+          "fastmu": stage_fastmu, "recheck": stage_recheck, "seeds": stage_seeds,
+          "spread": stage_spread}
 
 
 def main() -> None:
     torch.set_num_threads(1)
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--stage", required=True, choices=list(STAGES) + ["summary"])
+    ap.add_argument("--shard", default="0/1", help="K/N: run every N-th job from the K-th")
     args = ap.parse_args()
+    shard = tuple(int(v) for v in args.shard.split("/"))
     OUT.mkdir(parents=True, exist_ok=True)
     print(f"machine: {machine()}", flush=True)
     t0 = time.perf_counter()
@@ -656,7 +725,7 @@ def main() -> None:
         pd.read_csv(EPOCHS_CSV).to_csv(OUT / "epochs.csv.gz", index=False)  # the committed copy
         print(text)
         return
-    execute(args.stage, STAGES[args.stage]())
+    execute(args.stage, STAGES[args.stage](), shard)
     print(f"stage {args.stage} took {time.perf_counter() - t0:.0f} s", flush=True)
 
 

@@ -15,8 +15,10 @@ Presets (docs/method.md §3; chosen by measurement, ``scripts/preset_search.py``
   (chosen on the validation split), ΔT = 20, every layer sparse, the last epoch kept. Dense VI
   converges (objective moving < 1 %/epoch over the last 15 epochs) but underfits MAP: the plain
   ELBO on 3,500 images keeps most first-layer weights at the prior (μ ≈ 0, σ ≈ prior σ).
-- ``kit_tempered``: the same with κ = 0.1 and prior σ 0.1 (a tempered posterior, named as such):
-  as accurate as MAP, better at telling out-of-distribution inputs apart.
+- ``kit_tempered``: a tempered posterior, named as such — the same with κ = 0.03, prior σ 1.0 and
+  μ lr 1e-2 (ρ keeps 3e-2): the setting with the lowest validation NLL among those whose dense VI
+  converges and whose first layer learns per-weight σ (σ q90/q10 ≥ 3 on every seed; the plain
+  ELBO's is ≈ 1.02), the search's stage ``spread``.
 - ``paper``: the reference ResNet-18/CIFAR recipe — SGD momentum 0.9, lr 0.01 for μ/BN/biases with
   weight decay 5e-4, ρ lr 0.01 without decay, cosine LR, batch 128, 200 epochs, μ ~ N(0, 0.01²),
   σ ~ |N(6e-4, (5e-4)²)|, prior σ 0.005, κ = 0.01 with warm-up β(e) = min(2e/E, 1), ΔT = 100,
@@ -294,7 +296,7 @@ _KIT: dict[str, Any] = dict(
 )
 PRESETS: dict[str, dict[str, Any]] = {
     "kit": _KIT,
-    "kit_tempered": {**_KIT, "kl_scale": 0.1, "prior_sigma": 0.1},
+    "kit_tempered": {**_KIT, "kl_scale": 0.03, "prior_sigma": 1.0, "lr": 1e-2},
     "paper": dict(
         model="resnet18", dataset="cifar10", optimizer="sgd", lr=0.01, rho_lr=0.01, momentum=0.9,
         weight_decay=5e-4, cosine_lr=True, prior_sigma=0.005, kl_scale=0.01, kl_warmup=True,

@@ -134,9 +134,10 @@ def _record(name: str, title: str, density: str, **traits: Any) -> Method:
 
 # Tuning budgets (compare --tune). The mean-field Gaussian family (vi, ssvi, static, and posthoc,
 # which shares their loss): the KL weight κ and the prior σ_p, the two knobs that moved validation
-# NLL most in the preset search (results/preset_search/summary.txt); the grid holds both kit
-# presets, kit (κ 1, σ_p 0.5) and kit_tempered (κ 0.1, σ_p 0.1). MAP: σ_p, its only regulariser
-# (κ·‖θ‖²/(2σ_p²N) depends on κ/σ_p² alone).
+# NLL most in the preset search (results/preset_search/summary.txt); the grid holds the kit preset
+# (κ 1, σ_p 0.5) and the search's first tempered choice (κ 0.1, σ_p 0.1; kit_tempered has since
+# moved to κ 0.03, σ_p 1 so that its first layer learns per-weight σ). MAP: σ_p, its only
+# regulariser (κ·‖θ‖²/(2σ_p²N) depends on κ/σ_p² alone).
 MEAN_FIELD_GRID = settings_grid(kl_scale=(1.0, 0.1), prior_sigma=(0.5, 0.1))
 METHODS = (
     _record("map", "MAP", "dense", tuning=settings_grid(prior_sigma=(0.5, 1.0, 0.2, 0.1))),
