@@ -7,7 +7,8 @@ Experiments (each writes results/evidence/01_<name>.csv; a run already in the fi
 an interrupted command resumes where it stopped; one process, one torch thread):
 
 - ``kappa``: the plain ELBO (preset ``kit``, κ = 1, σ_p = 0.5) vs the tempered posterior
-  (``kit_tempered``, κ = 0.1, σ_p = 0.1) vs MAP with each preset's prior as a penalty; test
+  (``kit_tempered``, κ = 0.03, σ_p = 1, μ lr 1e-2) vs MAP with each preset's prior as a penalty;
+  test
   accuracy/NLL/ECE, OOD AUROC by entropy and by mutual information (MI), mean MI in and out of
   distribution, the last epoch's validation NLL, convergence and the σ of each layer.
 - ``sigma_init``: robustness to the initial σ₀ with its controls — dense VI, SSVI and the static
@@ -169,7 +170,7 @@ def do(name: str, seeds: list[int]) -> float:
                       undo_rescale=not c.get("rescale", True))
         total += row["wall_time_s"]
         rows.append({**c, "kl_scale": cfg.kl_scale, "prior_sigma": cfg.prior_sigma,
-                     "sigma_init": cfg.sigma_init, "epochs": cfg.epochs,
+                     "sigma_init": cfg.sigma_init, "epochs": cfg.epochs, "lr": cfg.lr,
                      "density": cfg.density, "n_train": datasets[dkey].n_train, **row})
         with atomic_path(path) as tmp:
             pd.DataFrame(rows).to_csv(tmp, index=False)
