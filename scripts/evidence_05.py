@@ -7,12 +7,15 @@ Writes ``results/evidence/05_calibration.csv``: one row per evaluated model (its
 seed and metrics). Runs are the presets' full runs (60 epochs, the last epoch kept) on
 ``mnist5k`` (3,500 / 500 / 1,000, each seed its own split), one process, one thread:
 
-- ``task=main``: MAP, dense VI and SSVI at densities 0.5, 0.1, 0.05 and 0.03 with ``kit_tempered``
-  (κ = 0.1, σ_p = 0.1); MAP, dense VI and SSVI at 0.1 with ``kit`` (the plain ELBO, κ = 1,
-  σ_p = 0.5). Each dense VI posterior is also pruned one-shot (no retraining) by ``snr_abs`` to
-  each density of ``PRUNE_DENSITIES`` (method ``vi_pruned``), as the notebook's widget does.
-- ``task=prior_swap``: dense VI with κ and σ_p crossed the other way (κ = 1 with σ_p = 0.1,
-  κ = 0.1 with σ_p = 0.5) — the control that tells whether calibration follows κ or σ_p.
+- ``task=main``: MAP, dense VI and SSVI at densities 0.5, 0.1, 0.05 and 0.03 with
+  ``kit_tempered`` (κ = 0.03, σ_p = 1, μ lr 1e-2); MAP, dense VI and SSVI at 0.1 with ``kit``
+  (the plain ELBO, κ = 1, σ_p = 0.5, μ lr 3e-2). Each dense VI posterior is also pruned one-shot
+  (no retraining) by ``snr_abs`` to each density of ``PRUNE_DENSITIES`` (method ``vi_pruned``), as
+  the notebook's widget does.
+- ``task=prior_swap``: dense VI with κ and σ_p crossed the other way (κ = 1 with the tempered
+  preset's σ_p, the tempered κ with the kit's σ_p) — the control that tells whether calibration
+  follows κ or σ_p; ``task=lr_swap``: the kit (κ = 1) at the tempered preset's μ lr — the same for
+  the learning rate, the presets' third difference.
 - ``task=heldout_8_9``: MAP, dense VI and SSVI at 0.1 (``kit_tempered``) trained without digits
   8 and 9; AUROC of telling the test digits 0–7 from the unseen 8s and 9s by predictive entropy
   and by mutual information.
@@ -61,8 +64,9 @@ JOBS = [
     ("main", "kit", "map", 1.0, {}),
     ("main", "kit", "vi", 1.0, {}),
     ("main", "kit", "ssvi", 0.1, {}),
-    ("prior_swap", "kit", "vi", 1.0, {"prior_sigma": 0.1}),
-    ("prior_swap", "kit_tempered", "vi", 1.0, {"prior_sigma": 0.5}),
+    ("prior_swap", "kit", "vi", 1.0, {"prior_sigma": sl.PRESETS["kit_tempered"]["prior_sigma"]}),
+    ("prior_swap", "kit_tempered", "vi", 1.0, {"prior_sigma": sl.PRESETS["kit"]["prior_sigma"]}),
+    ("lr_swap", "kit", "vi", 1.0, {"lr": sl.PRESETS["kit_tempered"]["lr"]}),
     ("heldout_8_9", "kit_tempered", "map", 1.0, {}),
     ("heldout_8_9", "kit_tempered", "vi", 1.0, {}),
     ("heldout_8_9", "kit_tempered", "ssvi", 0.1, {}),
@@ -100,7 +104,7 @@ def model_columns(model, data, cfg) -> dict:
 def describe(task: str, preset: str, cfg, seed: int) -> dict:
     return {"task": task, "preset": preset, "kappa": cfg.kl_scale, "prior_sigma": cfg.prior_sigma,
             "method": cfg.method, "target_density": cfg.density, "seed": seed,
-            "epochs": cfg.epochs}
+            "epochs": cfg.epochs, "lr": cfg.lr}
 
 
 def run_job(task: str, preset: str, method: str, density: float, overrides: dict,
