@@ -1,5 +1,6 @@
 # The kit's three entry points. Each creates .venv on first use and installs into it.
-#   make demo   MAP vs dense VI vs SSVI vs static mask on the embedded MNIST subset (~2 min on 2 cores)
+#   make demo   MAP vs dense VI vs SSVI vs static mask (+ tempered dense VI) on the embedded MNIST subset
+#               (~2.5 min on 2 cores)
 #   make test   every test and every notebook (nbval)
 #   make lab    JupyterLab on the notebooks
 # TORCH is the torch requirement installed first, so that pip never swaps in another build

@@ -55,12 +55,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     configs = demo.demo_configs(args.seeds, args.epochs, args.n_train)
     out, json_path = _demo_outputs(args, configs)  # checked before any work
-    data, cfg = load_data(configs[0]), configs[0]
+    data = load_data(configs[0])
     workers = args.workers or max(1, min(2, os.cpu_count() or 1, len(configs)))
     print(f"ssvi_lite demo: {data.name}, {data.n_train} training / {len(data.y_val)} validation / "
-          f"{len(data.y_test)} test images; kit preset (MLP {cfg.hidden}, κ = {cfg.kl_scale:g}, "
-          f"prior σ {cfg.prior_sigma:g}, {cfg.epochs} epochs); seeds {list(args.seeds)}; "
-          f"{workers} worker process(es)", flush=True)
+          f"{len(data.y_test)} test images; seeds {list(args.seeds)}; {workers} worker process(es)")
+    for preset in dict.fromkeys(c.preset for c in configs):
+        c = next(c for c in configs if c.preset == preset)
+        print(f"  {preset}: MLP {c.hidden}, κ = {c.kl_scale:g}, prior σ {c.prior_sigma:g}, μ lr "
+              f"{c.lr:g}, ρ lr {c.rho_lr or c.lr:g}, {c.epochs} epochs", flush=True)
     results = demo.run_all(configs, workers, say=(lambda *a, **k: None) if args.quiet else print)
     rows = [row for row, _, _ in results]
     print("\n" + demo.summary_table(rows).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
@@ -68,7 +70,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
           "15 bins; FLOPs = 2 × multiply-adds, ratio vs dense VI over the same steps")
     for row, _, history in results:
         if row["method"] == "vi":
-            print(f"dense VI, seed {row['seed']}: {assess(history).summary()}")
+            print(f"dense VI, {row['preset']}, seed {row['seed']}: {assess(history).summary()}")
     with staging(out) as stage, temporary(json_path) as tmp_json:  # all files or none
         made = demo.figures(results, data.y_test, stage)
         write_json(tmp_json, rows)
@@ -79,7 +81,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-DEMO_FIGURES = ("reliability.png", "convergence.png")  # what ssvi_lite.demo.figures writes
+DEMO_FIGURES = ("reliability.png", "convergence.png", "convergence_tempered.png")  # demo.figures
 
 
 def _demo_outputs(args: argparse.Namespace, configs: list) -> tuple[Path, Path]:

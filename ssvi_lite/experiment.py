@@ -108,7 +108,8 @@ def run(cfg: TrainConfig, *, data: DataSplits | None = None, checkpoint: str | P
     dense_vi = dense_vi_training_flops(costs, cfg.epochs * data.n_train)
     row = {
         "run_id": run_id(cfg), "config_id": config_id(cfg),
-        "method": cfg.method, "dataset": cfg.dataset, "model": cfg.model,
+        "method": cfg.method, "preset": cfg.preset, "kl_scale": cfg.kl_scale,
+        "dataset": cfg.dataset, "model": cfg.model,
         "density": model_density(model), "target_density": cfg.density,
         "removal": cfg.removal, "addition": cfg.addition,
         **{k: result[k] for k in ("accuracy", "nll", "ece", "brier")}, **val,

@@ -26,13 +26,17 @@ def test_demo_prints_the_table_and_writes_figures_and_json(tmp_path, capsys) -> 
     for header in ("accuracy", "nll", "ece", "brier", "train FLOPs / dense VI", "converged",
                    "σ q90/q10 (layer 1)", "mean ± standard error over seeds"):
         assert header in text
-    assert "dense VI, seed 0: " in text and "dense VI, seed 1: " in text  # convergence verdicts
+    for preset in ("kit", "kit_tempered"):  # convergence verdicts of both dense VI posteriors
+        assert f"dense VI, {preset}, seed 0: " in text and f"dense VI, {preset}, seed 1: " in text
+    assert "kit_tempered (κ=0.03)" in text  # κ stated beside the tempered numbers
     rows = json.loads((out / "demo.json").read_text())
-    assert [(r["method"], r["seed"]) for r in rows] == [
-        (m, s) for m in ("map", "vi", "ssvi", "static") for s in (0, 1)]
+    assert [(r["method"], r["preset"], r["seed"]) for r in rows] == [
+        (m, p, s) for m, p in (("map", "kit"), ("vi", "kit"), ("ssvi", "kit"), ("static", "kit"),
+                               ("vi", "kit_tempered")) for s in (0, 1)]
     assert rows[4]["density"] == pytest.approx(0.1, abs=0.01)
     assert rows[0]["converged"] is None and isinstance(rows[2]["converged"], bool)
-    for name in ("reliability.png", "convergence.png"):
+    assert rows[8]["kl_scale"] == make_config("kit_tempered").kl_scale < 1
+    for name in ("reliability.png", "convergence.png", "convergence_tempered.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -42,7 +46,7 @@ def test_demo_runs_seeds_in_worker_processes(tmp_path, capsys) -> None:
             "--quiet", "--out", str(out)]
     assert main(argv) == 0
     rows = json.loads((out / "demo.json").read_text())
-    assert {r["seed"] for r in rows} == {3} and len(rows) == 4
+    assert {r["seed"] for r in rows} == {3} and len(rows) == 5
 
 
 def test_train_writes_json_and_a_checkpoint_that_resumes(tmp_path, capsys) -> None:
