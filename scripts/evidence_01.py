@@ -8,9 +8,8 @@ an interrupted command resumes where it stopped; one process, one torch thread):
 
 - ``kappa``: the plain ELBO (preset ``kit``, κ = 1, σ_p = 0.5) vs the tempered posterior
   (``kit_tempered``, κ = 0.03, σ_p = 1, μ lr 1e-2) vs MAP with each preset's prior as a penalty;
-  test
-  accuracy/NLL/ECE, OOD AUROC by entropy and by mutual information (MI), mean MI in and out of
-  distribution, the last epoch's validation NLL, convergence and the σ of each layer.
+  test accuracy/NLL/ECE, OOD AUROC by entropy and by mutual information (MI), mean MI in and out
+  of distribution, the last epoch's validation NLL, convergence and the σ of each layer.
 - ``sigma_init``: robustness to the initial σ₀ with its controls — dense VI, SSVI and the static
   mask (density 0.1) each at σ₀ = 0.01 (the kit's) and 0.2, SSVI at σ₀ = 0.2 without the sparse
   Kaiming rescale (μ of each sparse layer multiplied back by √d_l right after prepare_model), and
