@@ -36,6 +36,14 @@ TINY = {"epochs": 1, "n_train": 64, "batch_size": 32, "hidden": (16,), "n_eval_s
         "progress": False}
 
 
+def _sigint_as_in_a_terminal() -> None:
+    """preexec_fn of a child that must react to SIGINT like a terminal's foreground job: a shell
+    without job control starts background commands with SIGINT ignored, and a child inherits that
+    (Python then installs no KeyboardInterrupt handler), so pytest run as such a job would
+    otherwise pass it on."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _alive(pid: int) -> bool:
     """Whether process ``pid`` exists and is not a zombie (dead, only not yet reaped by its parent,
     which for an orphan is PID 1)."""
@@ -380,7 +388,8 @@ def test_interrupting_a_sweep_stops_every_job_and_a_second_call_resumes(tmp_path
     ckpt = out / "checkpoints" / f"{rid}.pt"
     proc = subprocess.Popen([sys.executable, "-m", "ssvi_lite", "sweep", *argv], cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=_sigint_as_in_a_terminal)
     deadline = time.monotonic() + 120
     while not ckpt.exists():  # the job is training: its first epoch is done
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
