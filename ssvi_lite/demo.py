@@ -50,8 +50,8 @@ def _one_run(cfg: TrainConfig, threads: int) -> tuple[dict[str, Any], Any, pd.Da
     from .predict import predict_proba
 
     torch.set_num_threads(threads)
-    result = run(cfg)
     data = load_data(cfg)
+    result = run(cfg, data=data)
     probs = predict_proba(result.model, data.x_test, cfg.n_eval_samples).mean(0)  # (N, C)
     return result.row, probs, result.history
 

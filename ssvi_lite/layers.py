@@ -64,6 +64,13 @@ def softplus_inverse(sigma: Tensor) -> Tensor:
     return sigma + torch.log(-torch.expm1(-sigma))
 
 
+def gaussian_kl(mu: Tensor, sigma: Tensor, prior_sigma: float) -> Tensor:
+    """KL(N(μ, σ²) ‖ N(0, σ_p²)) per entry: log(σ_p/σ) + (σ² + μ²)/(2σ_p²) − 1/2
+    (docs/method.md §3)."""
+    return (math.log(prior_sigma) - torch.log(sigma)
+            + (sigma**2 + mu**2) / (2 * prior_sigma**2) - 0.5)
+
+
 class _MeanFieldLayer(nn.Module):
     """Shared state and maths of the masked mean-field layers; subclasses supply ``_op``."""
 
@@ -110,10 +117,7 @@ class _MeanFieldLayer(nn.Module):
 
     def kl_sum(self) -> Tensor:
         """Σ over active weights of KL(N(μ_i, σ_i²) ‖ N(0, prior_sigma²))."""
-        s2 = self.prior_sigma**2
-        sigma = self.sigma
-        kl = (math.log(self.prior_sigma) - torch.log(sigma)
-              + (sigma**2 + self.mu**2) / (2 * s2) - 0.5)
+        kl = gaussian_kl(self.mu, self.sigma, self.prior_sigma)
         return torch.where(self.mask, kl, torch.zeros_like(kl)).sum()
 
     def _watch(self, weight: Tensor) -> Tensor:

@@ -31,7 +31,14 @@ from torch import Tensor, nn
 
 from .config import FORWARD_MODES
 from .criteria import addition_score, removal_score, top_k_mask
-from .layers import MeanFieldLayer, MeanFieldLinear, _check_positive, _check_sizes, softplus_inverse
+from .layers import (
+    MeanFieldLayer,
+    MeanFieldLinear,
+    _check_positive,
+    _check_sizes,
+    gaussian_kl,
+    softplus_inverse,
+)
 from .sparse_ops import SparseStructure, sparse_linear, sparse_lrt_linear
 
 __all__ = ["SparseMeanFieldLinear", "decide_swap", "masked_noise_stream", "reset_slot_state",
@@ -162,10 +169,7 @@ class SparseMeanFieldLinear(MeanFieldLayer):
     # --------------------------------------------------------------- forward and KL
     def kl_sum(self) -> Tensor:
         """Σ over active weights of KL(N(μ_i, σ_i²) ‖ N(0, prior_sigma²))."""
-        s2 = self.prior_sigma**2
-        sigma = self.sigma
-        return (math.log(self.prior_sigma) - torch.log(sigma)
-                + (sigma**2 + self.mu**2) / (2 * s2) - 0.5).sum()
+        return gaussian_kl(self.mu, self.sigma, self.prior_sigma).sum()
 
     def forward(self, x: Tensor, eps: Tensor | None = None) -> Tensor:
         """``eps``: the noise of this call (LRT: (B, out); sample: (n_active,) in slot order);
